@@ -1,0 +1,103 @@
+"""The `llmlaunch` command line: one small function per command; errors become one-line messages.
+
+Imports stay light (click, yaml, pydantic): torch and the kubernetes client load only in the
+commands that need them, so `llmlaunch render` and `--help` start fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+
+import click
+
+from trainer.config import ConfigError
+
+USAGE_ERROR = 2  # bad job file, flag or value
+RUNTIME_ERROR = 1  # the cluster or the training run failed
+
+
+class RuntimeFailure(Exception):
+    """Something outside the user's input failed (cluster, training processes); exit code 1."""
+
+
+def report_errors(fn):
+    """Turn known failures into one line each on stderr; --debug shows the traceback instead."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        debug = (ctx.find_root().params or {}).get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, RuntimeFailure) as e:
+            if debug:
+                traceback.print_exc()
+            lines = e.problems if isinstance(e, ConfigError) else [str(e)]
+            for line in lines:
+                click.echo(f"error: {line}", err=True)
+            ctx.exit(USAGE_ERROR if isinstance(e, ConfigError) else RUNTIME_ERROR)
+
+    return wrapper
+
+
+job_file = click.argument("job_file", type=click.Path(dir_okay=False))
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override any key of the job file."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="llmlaunch")
+def cli(debug: bool) -> None:
+    """Train and fine-tune LLMs with DeepSpeed: locally, or as Kubeflow jobs on Kubernetes."""
+
+
+@cli.command()
+@job_file
+@set_option
+@report_errors
+def validate(job_file: str, overrides: tuple[str, ...]) -> None:
+    """Check a job file and print the resolved job."""
+    from launcher.spec import load_job
+
+    spec = load_job(job_file, overrides)
+    click.echo(f"{job_file}: ok ({spec.name}, method {spec.train.method.kind}, preset {spec.train.deepspeed.preset})")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON schema of the job file (for editors and the Helm chart)."""
+    from launcher.spec import JobSpec
+
+    click.echo(json.dumps(JobSpec.model_json_schema(), indent=2, sort_keys=True))
+
+
+@cli.command()
+@job_file
+@click.option("--nproc-per-node", type=click.IntRange(min=1), help="Processes per node (default: GPUs, else 1).")
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Local 'nodes' (torchrun agents).")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Where the run writes (overrides train.run.output_dir).")
+@set_option
+@report_errors
+def train(job_file: str, nproc_per_node: int | None, nodes: int, output_dir: str | None, overrides: tuple[str, ...]) -> None:
+    """Run a job on this machine with torchrun (resumes when OUTPUT_DIR has checkpoints)."""
+    from launcher.local import run_local
+    from launcher.spec import load_job
+
+    extra = [f"train.run.output_dir={output_dir}"] if output_dir else []
+    spec = load_job(job_file, [*overrides, *extra])
+    code = run_local(spec, nodes=nodes, nproc_per_node=nproc_per_node)
+    if code != 0:
+        raise RuntimeFailure(f"training failed (exit code {code}); see the output above")
+
+
+def main() -> None:
+    cli(prog_name="llmlaunch")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

