@@ -1,0 +1,39 @@
+"""`python -m trainer --config train.yaml`: the entrypoint torchrun starts, locally and in every pod."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from trainer.config import ConfigError, load_train_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    parser.add_argument("--config", required=True, type=Path, help="train.yaml (the train section of a job file)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
+                        format="[llmlaunch] %(message)s")
+    try:
+        cfg = load_train_config(args.config)
+        # The same checks the CLI ran, again here: a pod must fail before distributed init, clearly.
+        import torch
+
+        from trainer.preflight import run_preflight
+
+        precision = run_preflight(cfg, int(os.environ.get("WORLD_SIZE", 1)), has_gpu=torch.cuda.is_available())
+    except ConfigError as e:
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    from trainer.loop import Trainer
+
+    Trainer(cfg, args.config, precision).train()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
