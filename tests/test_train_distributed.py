@@ -70,16 +70,36 @@ def test_zero2_run_outputs(zero2_run):
     generate(load_final(out), out)  # plain transformers loads and generates
 
 
-@pytest.mark.parametrize("preset", ["zero1", "zero3"])
-def test_other_zero_stages_train_and_export(tmp_path, preset, zero2_run):
-    train(tiny_job(tmp_path, deepspeed={"preset": preset}))
+def test_zero1_matches_zero2(tmp_path, zero2_run):
+    train(tiny_job(tmp_path, deepspeed={"preset": "zero1"}))
     out = tmp_path / "out"
-    assert json.loads((out / "ds_config.json").read_text())["zero_optimization"]["stage"] == int(preset[-1])
+    assert json.loads((out / "ds_config.json").read_text())["zero_optimization"]["stage"] == 1
     # Same data, init and math as ZeRO-2: the losses agree (partitioning changes only summation order).
     for step, loss in losses(out).items():
         assert loss == pytest.approx(losses(zero2_run)[step], abs=2e-3), step
-    model = load_final(out)  # under ZeRO-3 the exported weights were gathered from both ranks
-    assert all(p.numel() > 0 for p in model.parameters())
+    generate(load_final(out), out)
+
+
+def test_zero3_exports_the_gathered_weights(tmp_path):
+    """Under ZeRO-3 each rank holds half of every tensor; the export must gather them. The exported
+    model, evaluated with plain transformers, gives the eval loss the trainer reported."""
+    train(tiny_job(tmp_path, deepspeed={"preset": "zero3"}, run={"eval_batches": None}))
+    out = tmp_path / "out"
+    assert json.loads((out / "ds_config.json").read_text())["zero_optimization"]["stage"] == 3
+    reported = [r["eval_loss"] for r in metrics(out) if "eval_loss" in r][-1]
+    model = load_final(out).eval()
+    from trainer.config import TrainConfig
+    from trainer.data import build_data, load_tokenizer
+
+    cfg = TrainConfig.from_yaml_file(out / "train.yaml")
+    data = build_data(cfg, load_tokenizer(cfg.model), split="eval", packing=True, cache_dir=out / "cache")
+    total = count = 0.0
+    with torch.no_grad():
+        for batch in data.iter_batches(0, 0, rank=0, world_size=1, micro_batch_size=4, seed=cfg.run.seed):
+            n = (batch["labels"][:, 1:] != -100).sum().item()
+            total += model(**batch).loss.item() * n
+            count += n
+    assert total / count == pytest.approx(reported, abs=1e-4)
     generate(model, out)
 
 

@@ -11,12 +11,26 @@ from pathlib import Path
 from trainer.config import ConfigError, load_train_config
 
 
+def quiet_libraries() -> None:
+    """Keep the run's output about the run: no per-file progress bars or import-time notices."""
+    import warnings
+
+    if not Path("/dev/nvidia0").exists():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it fell back to CPU
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     parser.add_argument("--config", required=True, type=Path, help="train.yaml (the train section of a job file)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
                         format="[llmlaunch] %(message)s")
+    quiet_libraries()
     try:
         cfg = load_train_config(args.config)
         # The same checks the CLI ran, again here: a pod must fail before distributed init, clearly.

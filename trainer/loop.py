@@ -108,7 +108,7 @@ class Trainer:
         while True:
             stream = self.train_data.iter_batches(
                 state.epoch, state.position, rank=topo.rank, world_size=topo.world_size,
-                micro_batch_size=cfg.run.micro_batch_size, seed=cfg.run.seed, shuffle=True,
+                micro_batch_size=cfg.run.micro_batch_size, seed=cfg.run.seed,
             )
             for batch in stream:
                 state.position += 1
@@ -123,7 +123,7 @@ class Trainer:
         totals = torch.zeros(2, dtype=torch.float64, device=topo.device)
         stream = self.eval_data.iter_batches(
             0, 0, rank=topo.rank, world_size=topo.world_size, micro_batch_size=cfg.run.micro_batch_size,
-            seed=cfg.run.seed, shuffle=False,
+            seed=cfg.run.seed,
         )
         for i, batch in enumerate(stream):
             if cfg.run.eval_batches is not None and i >= cfg.run.eval_batches:
