@@ -59,7 +59,7 @@ NODE_METRICS = (
 
 
 class TrainMetrics:
-    """The exporter the training loop drives. Cheap to call every step (a few microseconds)."""
+    """The exporter the training loop drives; on_step costs tens of microseconds (bench/metrics_overhead.py)."""
 
     def __init__(
         self,
@@ -91,6 +91,7 @@ class TrainMetrics:
         self._nvml: ModuleType | None = None
         self._server = None
         self._window: deque[tuple[int, float]] = deque(maxlen=THROUGHPUT_WINDOW)
+        self._children: dict[Gauge, Gauge] = {}  # labelled gauges, created on first set: absent until then
         if not self.serving:
             return
 
@@ -171,16 +172,16 @@ class TrainMetrics:
         """Once per optimizer step. tokens / samples: global counts of this step (all ranks)."""
         if not self.serving:
             return
-        self._step.labels(**self.labels).set(step)
-        self._heartbeat.labels(**self.labels).set(time.time())
+        self._set(self._step, step)
+        self._set(self._heartbeat, time.time())
         if not self.global_values:
             return
-        self._loss.labels(**self.labels).set(loss)
-        self._lr.labels(**self.labels).set(lr)
+        self._set(self._loss, loss)
+        self._set(self._lr, lr)
         if grad_norm is not None:
-            self._grad_norm.labels(**self.labels).set(grad_norm)
+            self._set(self._grad_norm, grad_norm)
         if loss_scale is not None:
-            self._loss_scale.labels(**self.labels).set(loss_scale)
+            self._set(self._loss_scale, loss_scale)
         if overflow:
             self._skipped.inc()
         self._tokens.inc(tokens)
@@ -191,10 +192,16 @@ class TrainMetrics:
         seconds = sum(s for _, s in self._window)
         if seconds > 0:
             tokens_per_s = sum(t for t, _ in self._window) / seconds
-            self._tokens_per_s.labels(**self.labels).set(tokens_per_s)
+            self._set(self._tokens_per_s, tokens_per_s)
             if self._peak_flops:
                 mfu = tokens_per_s * self._flops_per_token / (self._peak_flops * self._world_size)
-                self._mfu.labels(**self.labels).set(mfu)
+                self._set(self._mfu, mfu)
+
+    def _set(self, gauge: Gauge, value: float) -> None:
+        child = self._children.get(gauge)
+        if child is None:  # labels() costs more than the set itself: look it up once
+            child = self._children[gauge] = gauge.labels(**self.labels)
+        child.set(value)
 
     def on_rank_step_times(
         self, seconds_by_rank: list[float], max_memory_allocated_by_rank: list[float] | None = None
@@ -214,7 +221,7 @@ class TrainMetrics:
 
     def on_eval(self, *, step: int, eval_loss: float) -> None:
         if self.global_values:
-            self._eval_loss.labels(**self.labels).set(eval_loss)
+            self._set(self._eval_loss, eval_loss)
 
     def on_checkpoint(self, *, seconds: float, ok: bool) -> None:
         if not self.global_values:
@@ -222,7 +229,7 @@ class TrainMetrics:
         self._ckpt_time.observe(seconds)
         self._checkpoints.labels(**self.labels, result="ok" if ok else "failed").inc()
         if ok:
-            self._last_ckpt.labels(**self.labels).set(time.time())
+            self._set(self._last_ckpt, time.time())
 
     def close(self) -> None:
         """Stop serving (the last scrape after this marks the series stale) and release NVML."""
