@@ -22,7 +22,9 @@ from tests.monitoring_checks import (
     TRAINING_METRICS,
     assert_dashboard_queries_return_data,
     assert_metrics_present,
+    dashboard_queries,
     exported_samples,
+    grafana_substitute,
 )
 
 pytestmark = pytest.mark.prometheus
@@ -31,10 +33,10 @@ STEPS = 300
 TOKENS_PER_STEP = 128 * 8 * 4  # seq_len x micro batch x world size, as the driver trains
 
 
-def start_driver(node_rank: int) -> tuple[subprocess.Popen, int]:
+def start_driver(*args: str) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.train_metrics_driver", "--node-rank", str(node_rank), "--steps", str(STEPS)],
+        [sys.executable, "-m", "tests.train_metrics_driver", "--steps", str(STEPS), *args],
         cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     line = proc.stdout.readline().split()
@@ -46,15 +48,16 @@ class Drivers:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
 
-    def __call__(self, node_rank: int) -> int:
-        proc, port = start_driver(node_rank)
+    def __call__(self, *args: str) -> int:
+        proc, port = start_driver(*args)
         self.procs.append(proc)
         return port
 
     def go(self) -> None:
         for proc in self.procs:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
+            if not proc.stdin.closed and proc.poll() is None:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
 
 
 @pytest.fixture
@@ -62,7 +65,8 @@ def drivers():
     started = Drivers()
     yield started
     for proc in started.procs:
-        proc.stdin.close()  # the driver stops serving and exits
+        if not proc.stdin.closed:
+            proc.stdin.close()  # the driver stops serving and exits
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -72,11 +76,13 @@ def drivers():
 
 def test_prometheus_scrapes_every_metric_and_every_panel_has_data(prometheus_server, drivers):
     start = time.time()
-    ports = [drivers(0), drivers(1)]
+    # job e2e: two nodes in namespace ml-team; job local: one node that does not know its namespace
+    ports = [drivers("--node-rank", "0"), drivers("--node-rank", "1"),
+             drivers("--job", "local", "--namespace", "", "--nodes", "1")]
     prom = prometheus_server([f"127.0.0.1:{p}" for p in ports], rule_files=(RULES,))
-    prom.wait_for('count(up{job="llmlaunch"} == 1) == 2', timeout=30)  # scraping before the first step
+    prom.wait_for('count(up{job="llmlaunch"} == 1) == 3', timeout=30)  # scraping before the first step
     drivers.go()
-    prom.wait_for(f'count(llmlaunch_train_step{{job="e2e"}} == {STEPS}) == 2', timeout=120)
+    prom.wait_for(f'count(llmlaunch_train_step == {STEPS}) == 3', timeout=120)
     prom.wait_for(f'llmlaunch_tokens_total{{job="e2e"}} == {STEPS * TOKENS_PER_STEP}', timeout=10)
     end = time.time()
 
@@ -105,7 +111,10 @@ def test_prometheus_scrapes_every_metric_and_every_panel_has_data(prometheus_ser
     assert prom.value('count(llmlaunch_gpu_utilization_ratio{job="e2e"})', end) == 4  # 2 nodes x 2 GPUs
 
     counts = assert_dashboard_queries_return_data(prom, job="e2e", namespace="ml-team", start=start, end=end)
-    assert counts["Step time per node/A"] == 2 and counts["GPU utilization/A"] == 4
+    assert counts["Step time per node/A"] == 2 and counts["GPU utilization/A"] == 4  # job local not mixed in
+    assert "namespace" not in prom.query('llmlaunch_train_loss{job="local"}', end)[0]["metric"]
+    counts = assert_dashboard_queries_return_data(prom, job="local", start=start, end=end)  # namespace "All"
+    assert counts["Step time per node/A"] == 1 and counts["Loss/A"] == 1
 
     # The rules load, evaluate on real series without errors, and a healthy run raises nothing.
     time.sleep(3)  # a few evaluation rounds (every 1 s) over the full data
@@ -114,3 +123,25 @@ def test_prometheus_scrapes_every_metric_and_every_panel_has_data(prometheus_ser
     for rule in rules:
         assert rule["health"] == "ok" and not rule["lastEvaluation"].startswith("0001"), rule
     assert prom.api("alerts")["alerts"] == []
+
+
+def test_restarts_panel_counts_a_restarted_trainer(prometheus_server, drivers):
+    """The trainer process of a node dies and a new one takes over its port: Restarts shows 1."""
+    start = time.time()
+    port = drivers("--job", "restart", "--nodes", "1")
+    prom = prometheus_server([f"127.0.0.1:{port}"])
+    prom.wait_for('up{job="llmlaunch"} == 1', timeout=30)
+    first = drivers.procs[0]
+    first.stdin.write("go\n")
+    first.stdin.close()  # after its steps it stops serving and exits, like a crashed pod
+    assert first.stdout.readline().strip() == "DONE"
+    first.wait(timeout=30)
+    prom.wait_for('up{job="llmlaunch"} == 0', timeout=30)
+    drivers("--job", "restart", "--nodes", "1", "--port", str(port))  # the restarted process
+    drivers.go()
+    prom.wait_for(f'llmlaunch_train_step{{job="restart"}} == {STEPS}', timeout=60)  # the first one's series is stale
+    end = time.time()
+    [restarts] = [q for q in dashboard_queries() if q.panel == "Restarts"]
+    expr = grafana_substitute(restarts.expr, job="restart", namespace=None, interval_s=1, range_s=end - start,
+                              scrape_interval_s=1)
+    assert prom.value(expr, end) == 1

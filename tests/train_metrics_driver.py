@@ -34,14 +34,14 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--step-seconds", type=float, default=0.02)
     ap.add_argument("--job", default="e2e")
-    ap.add_argument("--namespace", default="ml-team")
+    ap.add_argument("--namespace", default="ml-team", help='"" for a run that does not know its namespace')
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args()
 
     world = args.nodes * NPROC
     rank = args.node_rank * NPROC
     metrics = TrainMetrics(
-        MetricsConfig(), job=args.job, namespace=args.namespace, node_rank=args.node_rank, local_rank=0, rank=rank,
+        MetricsConfig(), job=args.job, namespace=args.namespace or None, node_rank=args.node_rank, local_rank=0, rank=rank,
         world_size=world, local_world_size=NPROC, flops_per_token=flops_per_token(TINY, SEQ_LEN),
         peak_flops=peak_flops("NVIDIA H100 80GB HBM3", "bf16"), device="NVIDIA H100 80GB HBM3", nvml=two_gpus(),
     )
