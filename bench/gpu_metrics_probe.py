@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from trainer.gpu_metrics import GpuCollector, load_nvml  # noqa: E402
 
 
-def busy(seconds: float, readings: list) -> None:
-    """Matmuls on every visible GPU until `seconds` pass; a scrape half-way through."""
+def busy(seconds: float) -> None:
+    """bf16 matmuls on every visible GPU until `seconds` pass."""
     import torch
 
     tensors = [torch.randn(8192, 8192, device=f"cuda:{i}", dtype=torch.bfloat16) for i in range(torch.cuda.device_count())]
@@ -63,7 +63,7 @@ def main() -> int:
     except ImportError:
         have_cuda = False
     if have_cuda and args.load_seconds > 0:
-        worker = threading.Thread(target=busy, args=(args.load_seconds, loaded))
+        worker = threading.Thread(target=busy, args=(args.load_seconds,))
         worker.start()
         time.sleep(args.load_seconds / 2)
         loaded = scrape(collector)  # mid-load; allocator peak of this process included

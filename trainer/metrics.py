@@ -103,6 +103,9 @@ class TrainMetrics:
         def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
             return Gauge(name, doc, [*names, *extra], registry=r)
 
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, [*names, *extra], registry=r)
+
         self._info = gauge("llmlaunch_run_info", "The run's device and world size (value 1).", ("device", "world_size"))
         self._info.labels(**self.labels, device=device, world_size=str(world_size)).set(1)
         self._step = gauge("llmlaunch_train_step", "Current optimizer step.")
@@ -123,7 +126,6 @@ class TrainMetrics:
         self._mfu = gauge("llmlaunch_mfu_ratio", f"Model FLOPs utilization (0-1) over the last {THROUGHPUT_WINDOW} steps.")
         self._loss_scale = gauge("llmlaunch_loss_scale", "fp16 dynamic loss scale (absent in bf16/fp32).")
         self._last_ckpt = gauge("llmlaunch_last_checkpoint_timestamp_seconds", "Unix time of the last successful checkpoint.")
-        counter = lambda name, doc, extra=(): Counter(name, doc, [*names, *extra], registry=r)  # noqa: E731
         self._tokens = counter("llmlaunch_tokens_total", "Tokens trained on (all ranks).").labels(**self.labels)
         self._samples = counter("llmlaunch_samples_total", "Sequences trained on (all ranks).").labels(**self.labels)
         self._skipped = counter("llmlaunch_skipped_steps_total", "Steps skipped for fp16 overflow.").labels(**self.labels)
