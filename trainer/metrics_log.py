@@ -14,7 +14,9 @@ Fields of a train record (every log step):
     grad_norm     global gradient norm before clipping (null when unknown)
     mfu           model FLOPs utilization, 0..1 (null without a peak FLOP/s)
     loss_scale    fp16 dynamic loss scale (null in bf16 / fp32)
-An eval record (every eval) has step, time and eval_loss.
+    epoch, data_wait_s, skipped_steps   (written by the trainer; readers ignore what they do not know)
+On eval steps the trainer's record of that step also carries eval_loss and eval_ppl; log_eval() writes an
+eval-only record (step, time, eval_loss), which readers treat the same way.
 """
 
 from __future__ import annotations
@@ -49,17 +51,17 @@ class MetricsLog:
         mfu: float | None = None,
         loss_scale: float | None = None,
     ) -> None:
-        self._write(step=step, loss=loss, lr=lr, tokens_per_s=tokens_per_s, step_seconds=step_seconds, tokens=tokens,
+        self.write(step=step, loss=loss, lr=lr, tokens_per_s=tokens_per_s, step_seconds=step_seconds, tokens=tokens,
                     grad_norm=grad_norm, mfu=mfu, loss_scale=loss_scale)
 
     def log_eval(self, *, step: int, eval_loss: float) -> None:
-        self._write(step=step, eval_loss=eval_loss)
+        self.write(step=step, eval_loss=eval_loss)
 
-    def _write(self, *, step: int, **fields: float | None) -> None:
+    def write(self, *, step: int, **fields: float | None) -> None:
         if self._file is None:
             return
         # NaN / inf are not JSON: written as null, so a diverged run still leaves a readable log
-        clean = {k: (v if v is None or math.isfinite(v) else None) for k, v in fields.items()}
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()}
         self._file.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
         self._file.flush()
 

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from trainer.config import TrainConfig
 from trainer.engine import Topology
+from trainer.metrics_log import MetricsLog
 from trainer.mfu import flops_per_token, peak_flops
 from trainer.state import LoopState
 
@@ -33,17 +34,25 @@ def progress_bar(topo: Topology, total: int, initial: int):
                 disable=not (topo.is_main and sys.stderr.isatty()))
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl line; a half-written line (killed mid-write) sorts last."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class RunLog:
     def __init__(self, out: Path, topo: Topology, cfg: TrainConfig, ds_config: dict, model, total_steps: int) -> None:
         self.out, self.topo, self.cfg, self.total_steps = out, topo, cfg, total_steps
-        self.path = out / "metrics.jsonl"
+        self.log = MetricsLog(out, enabled=topo.is_main)
+        self.path = self.log.path
         self.world = topo.world_size
         self.pending: dict | None = None
         self._loss = torch.zeros((), device=topo.device)
         self._tokens = torch.zeros((), dtype=torch.long)
         self._steps = 0
         self._since = time.perf_counter()
-        self._started = time.perf_counter()
         self._data_wait = 0.0
         self._step_time = 0.0
         self.fp16 = bool(ds_config.get("fp16", {}).get("enabled"))
@@ -62,7 +71,9 @@ class RunLog:
             node_rank=topo.node_rank, local_rank=topo.local_rank, rank=topo.rank, world_size=self.world,
             flops_per_token=self.flops_per_token, peak_flops=peak, device=device_name,
         )
-        self.metrics.start()
+        # Local multi-node runs put several "nodes" on one host: one port each, loopback only.
+        local = os.environ.get("LLMLAUNCH_LOCAL_RUN") == "1"
+        self.metrics.start(addr="127.0.0.1" if local else "0.0.0.0", port=cfg.metrics.port + (topo.node_rank if local else 0))
 
     def info(self, message: str) -> None:
         if self.topo.is_main:
@@ -72,7 +83,7 @@ class RunLog:
         """Forget logged steps after the checkpoint: they will be trained (and logged) again."""
         self.info(f"resuming from {path} (step {step})")
         if self.topo.is_main and self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            keep = [line for line in self.path.read_text().splitlines() if _step_of(line) <= step]
             self.path.write_text("".join(line + "\n" for line in keep))
 
     def _is_log_step(self, step: int) -> bool:
@@ -99,11 +110,11 @@ class RunLog:
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
         lr = engine.get_lr()[0]
+        state.tokens += tokens_value
         record = {
             "step": state.step, "epoch": state.epoch, "loss": round(loss_value, 6), "lr": lr,
-            "grad_norm": grad_norm, "tokens": tokens_value, "tokens_per_s": round(tokens_per_s, 1),
-            "step_time_s": round(self._step_time / self._steps, 4), "data_wait_s": round(self._data_wait, 4),
-            "elapsed_s": round(time.perf_counter() - self._started, 2),
+            "grad_norm": grad_norm, "tokens": state.tokens, "tokens_per_s": round(tokens_per_s, 1),
+            "step_seconds": round(self._step_time / self._steps, 4), "data_wait_s": round(self._data_wait, 4),
         }
         if self.peak_total:
             record["mfu"] = round(tokens_per_s * self.flops_per_token / self.peak_total, 5)
@@ -115,7 +126,7 @@ class RunLog:
                              samples=self.cfg.global_batch(self.world) * self._steps,
                              step_seconds=self._step_time / self._steps, data_wait_seconds=self._data_wait,
                              loss_scale=loss_scale, overflow=bool(self.fp16 and engine.skipped_steps))
-        self.metrics.on_rank_step_times([t.item() for t in times])
+        self.metrics.on_rank_step_times([t.item() for t in times], self._peak_memory())
         self.pending = record
         if self.topo.is_main:
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
@@ -127,6 +138,15 @@ class RunLog:
         self._tokens.zero_()
         self._steps, self._data_wait, self._step_time, self._since = 0, 0.0, 0.0, time.perf_counter()
 
+    def _peak_memory(self) -> list[float] | None:
+        if self.topo.device.type != "cuda":
+            return None
+        peaks = [torch.zeros(1, dtype=torch.float64, device=self.topo.device) for _ in range(self.world)]
+        mine = torch.tensor([float(torch.cuda.max_memory_allocated(self.topo.device))], dtype=torch.float64,
+                            device=self.topo.device)
+        dist.all_gather(peaks, mine)
+        return [p.item() for p in peaks]
+
     def eval(self, state: LoopState, eval_loss: float, improved: bool) -> None:
         ppl = math.exp(min(eval_loss, 50.0))
         self.pending = dict(self.pending or {"step": state.step}, eval_loss=round(eval_loss, 6), eval_ppl=round(ppl, 4))
@@ -135,9 +155,8 @@ class RunLog:
                   + (" - early stopping" if state.stopped_early else ""))
 
     def flush(self) -> None:
-        if self.pending is not None and self.topo.is_main:
-            with self.path.open("a") as f:
-                f.write(json.dumps(self.pending) + "\n")
+        if self.pending is not None:
+            self.log.write(**self.pending)
         self.pending = None
 
     def checkpoint(self, state: LoopState, seconds: float) -> None:
@@ -149,3 +168,4 @@ class RunLog:
         best = f", best eval loss {state.best_eval:.4f} at step {state.best_step}" if state.best_eval is not None else ""
         self.info(f"done at step {state.step}{best}; model in {self.out / 'final'}")
         self.metrics.close()
+        self.log.close()

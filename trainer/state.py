@@ -16,6 +16,7 @@ class LoopState:
     step: int = 0  # optimizer steps done
     epoch: int = 0
     position: int = 0  # micro batches of this epoch already consumed by this rank
+    tokens: int = 0  # tokens trained so far, all ranks (known on rank 0 at log steps)
     best_eval: float | None = None
     best_step: int | None = None
     bad_evals: int = 0  # evals since the last improvement
