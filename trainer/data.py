@@ -190,7 +190,11 @@ def _build_entry(cfg, tokenizer, builder, files, key, field, split, held_out, pa
         stats = {"documents": len(documents), "tokens": int(sum(len(d[0]) for d in documents))}
         result = TokenData(arrays, packed=packing, pad_id=tokenizer.pad_token_id, shuffle=False)
         result.save(tmp / "out", {**identity, **stats})
-        os.replace(tmp / "out", entry)
+        try:
+            os.replace(tmp / "out", entry)
+        except OSError:  # a builder the lock could not see (another node on shared storage) was first
+            if not (entry / "meta.json").is_file():
+                raise
         log.info("%s data: %d documents, %d tokens -> %d sequences of %d (cached in %s)",
                  split, stats["documents"], stats["tokens"], len(result), data.seq_len, entry)
     finally:

@@ -74,7 +74,7 @@ def field_values(records: list[dict], field: str, key: str, source: str) -> list
     for i, record in enumerate(records):
         if field not in record or record[field] is None:
             raise DataError(f"{key}: record {i} of {source} has no field {field!r} "
-                            f"(fields: {', '.join(sorted(record)) or 'none'})")
+                            f"(fields: {', '.join(sorted(k for k, v in record.items() if v is not None)) or 'none'})")
         values.append(record[field])
     return values
 
