@@ -55,6 +55,8 @@ def read_records(builder: str, files: list[Path], key: str, hf_cache: Path) -> l
     import datasets
 
     kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+    bars_were_on = not datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # one bar per rank per file is noise in a training log
     try:
         ds = datasets.load_dataset(
             builder, data_files=[str(f) for f in files], split="train", cache_dir=str(hf_cache), **kwargs
@@ -62,6 +64,9 @@ def read_records(builder: str, files: list[Path], key: str, hf_cache: Path) -> l
     except Exception as e:  # datasets raises many types for malformed files; keep the cause, name the key
         raise DataError(f"{key}: cannot read {files[0] if len(files) == 1 else files[0].parent}: "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     records = ds.to_list()
     if builder == "text":  # blank lines inside a paragraph break leave edges; empty paragraphs go
         records = [{"text": r["text"].strip()} for r in records if r["text"].strip()]
