@@ -40,7 +40,7 @@ def test_not_yaml(tmp_path):
 @pytest.mark.parametrize(
     "sections,fragment",
     [
-        ({"data": {"train": "/nonexistent/train.jsonl"}}, "train.data.train: data file /nonexistent/train.jsonl does not exist"),
+        ({"data": {"train": "/nonexistent/train.jsonl"}}, "train.data.train: no such file or folder /nonexistent/train.jsonl"),
         ({"data": {"seq_len": 1024}}, "data.seq_len 1024 is above the model's limit"),
         ({"deepspeed": {"preset": "zero7"}}, "train.deepspeed.preset: unknown preset 'zero7'"),
         ({"precision": "fp16"}, "train.precision: fp16 needs a GPU"),

@@ -39,13 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.preflight import run_preflight
 
         precision = run_preflight(cfg, int(os.environ.get("WORLD_SIZE", 1)), has_gpu=torch.cuda.is_available())
-    except ConfigError as e:
-        for line in e.problems:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    from trainer.loop import Trainer
+        from trainer.loop import Trainer
 
-    Trainer(cfg, args.config, precision).train()
+        Trainer(cfg, args.config, precision).train()
+    except ConfigError as e:  # also data problems found while tokenizing, after the process group started
+        if os.environ.get("RANK", "0") == "0":
+            for line in e.problems:
+                print(f"error: {line}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -15,8 +15,14 @@ from pathlib import Path
 BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
 
 
-class DataError(ValueError):
+from trainer.config import ConfigError
+
+
+class DataError(ConfigError):
     """Bad data input; the message names the config key and the value."""
+
+    def __init__(self, message: str):
+        super().__init__([message])
 
 
 def data_files(path: str, key: str) -> tuple[str, list[Path]]:

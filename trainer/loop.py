@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 
 from trainer import checkpoint
-from trainer.config import TrainConfig
-from trainer.data import build_data, load_tokenizer
+from trainer.config import ConfigError, TrainConfig
+from trainer.data import build_data, for_attention, load_tokenizer
 from trainer.engine import Topology, init_distributed, load_ds_config, make_engine
 from trainer.runlog import RunLog, progress_bar
 from trainer.state import LoopState, StopSignal
@@ -36,6 +36,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg.model)
         self.packing = cfg.data.packing and cfg.method.kind != "prefix"  # prefix tokens break the 4D mask
         self.train_data, self.eval_data = self._data()
+        self._check_batches()
         per_epoch = self.train_data.batches_per_epoch(cfg.run.micro_batch_size, self.topo.world_size)
         self.steps_per_epoch = max(1, per_epoch // cfg.run.grad_accum)
         self.total_steps = cfg.run.max_steps or math.ceil(cfg.run.epochs * self.steps_per_epoch)
@@ -54,16 +55,39 @@ class Trainer:
         )
 
     def _data(self):
-        cfg, topo = self.cfg, self.topo
+        """Rank 0 tokenizes and fills the cache, then the others read it. A data error on rank 0 is
+        shared with every rank, so they all stop with it instead of waiting at a barrier."""
+        cfg = self.cfg
         cache = Path(cfg.data.cache_dir or self.out / "cache")
-        # Rank 0 tokenizes and fills the cache; the others then read it.
-        for turn in (True, False):
-            if (topo.rank == 0) == turn:
-                train = build_data(cfg, self.tokenizer, split="train", packing=self.packing, cache_dir=cache)
-                has_eval = cfg.data.eval is not None or cfg.data.eval_fraction > 0
-                evals = build_data(cfg, self.tokenizer, split="eval", packing=self.packing, cache_dir=cache) if has_eval else None
-            dist.barrier()
-        return train, evals
+        has_eval = cfg.data.eval is not None or cfg.data.eval_fraction > 0
+
+        def build():
+            train = build_data(cfg, self.tokenizer, split="train", packing=self.packing, cache_dir=cache)
+            evals = build_data(cfg, self.tokenizer, split="eval", packing=self.packing, cache_dir=cache) if has_eval else None
+            return train, evals
+
+        problems = [None]
+        if self.topo.rank == 0:
+            try:
+                result = build()
+            except ConfigError as e:
+                problems = [e.problems]
+        dist.broadcast_object_list(problems, src=0)
+        if problems[0] is not None:
+            raise ConfigError(problems[0])
+        return result if self.topo.rank == 0 else build()
+
+    def _check_batches(self) -> None:
+        run, world = self.cfg.run, self.topo.world_size
+        for key, data in (("train.data.train", self.train_data), ("train.data.eval", self.eval_data)):
+            if data is not None and data.batches_per_epoch(run.micro_batch_size, world) == 0:
+                raise ConfigError([f"{key}: {len(data)} sequences are fewer than one batch for every rank "
+                                   f"(micro_batch_size {run.micro_batch_size} x {world} processes)"])
+
+    def _to_device(self, batch: dict) -> dict:
+        batch = {k: v.to(self.topo.device, non_blocking=True) for k, v in batch.items()}
+        dtype = next(self.engine.module.parameters()).dtype
+        return for_attention(batch, self.cfg.model.attn_implementation, dtype)
 
     # ---- the loop -------------------------------------------------------------------------------
     def train(self) -> None:
@@ -80,8 +104,7 @@ class Trainer:
                 batch = next(batches)
                 data_wait += time.perf_counter() - t_data
                 tokens += (batch["labels"] != -100).sum()  # on the host copy: no device sync
-                batch = {k: v.to(self.topo.device, non_blocking=True) for k, v in batch.items()}
-                loss = engine(**batch).loss
+                loss = engine(**self._to_device(batch)).loss
                 engine.backward(loss)
                 engine.step()
                 loss_sum += loss.detach()
@@ -128,7 +151,7 @@ class Trainer:
         for i, batch in enumerate(stream):
             if cfg.run.eval_batches is not None and i >= cfg.run.eval_batches:
                 break
-            batch = {k: v.to(topo.device) for k, v in batch.items()}
+            batch = self._to_device(batch)
             n = (batch["labels"][:, 1:] != -100).sum()
             totals += torch.stack([engine(**batch).loss.double() * n, n.double()])
         dist.all_reduce(totals)
