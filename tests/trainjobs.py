@@ -41,9 +41,13 @@ def tiny_job(tmp: Path, name: str = "t", **sections) -> Path:
     return path
 
 
+def llmlaunch_env(**extra: str) -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), LLMLAUNCH_FORCE_CPU="1", **extra)
+
+
 def llmlaunch(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would."""
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), LLMLAUNCH_FORCE_CPU="1", **(env or {}))
+    full_env = llmlaunch_env(**(env or {}))
     return subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
