@@ -30,12 +30,24 @@ def local_torchrun(
     ]
 
 
-def pod_torchrun(nproc_per_node: int, max_restarts: int = 0) -> list[str]:
-    """The container command: PET_NNODES / PET_NODE_RANK / PET_MASTER_* come from the operator."""
+# Expanded by the kubelet from the variables the operator injects into the container
+# (PyTorchJob: <job>-master-0:23456; TrainJob: <job>-node-0-0.<job>:29400).
+POD_RDZV_ENDPOINT = "$(PET_MASTER_ADDR):$(PET_MASTER_PORT)"
+
+
+def pod_torchrun(nproc_per_node: int, max_restarts: int = 0, elastic: bool = False) -> list[str]:
+    """The container command: PET_NNODES / PET_NODE_RANK / PET_MASTER_* come from the operator.
+
+    c10d needs an explicit endpoint (without one every pod would host its own store on localhost
+    and wait forever); the master pod hosts it. Elastic jobs get PET_RDZV_ENDPOINT and
+    PET_NNODES=min:max from the operator instead, so no endpoint is passed.
+    """
+    rdzv = [] if elastic else [f"--rdzv-endpoint={POD_RDZV_ENDPOINT}"]
     return [
         "torchrun",
         f"--nproc-per-node={nproc_per_node}",
         "--rdzv-backend=c10d",
+        *rdzv,
         f"--max-restarts={max_restarts}",
         *trainer_args(TRAIN_CONFIG_IN_POD),
     ]
