@@ -229,6 +229,9 @@ def logs(name, namespace, node, follow, tail, kubeconfig, context):
         pod = jobs.node_pod(cluster, kind, job, node)
         container = "node" if kind.kind == "TrainJob" else "pytorch"
         pod_name = pod["metadata"]["name"]
+        if not pod["spec"].get("nodeName"):
+            phase = (pod.get("status") or {}).get("phase", "Pending")
+            raise KubeError(f"pod {ns}/{pod_name} of node {node} is not scheduled yet (phase {phase}): no logs to show")
         try:
             for chunk in cluster.log_stream(ns, pod_name, container, follow, tail):
                 sys.stdout.buffer.write(chunk)

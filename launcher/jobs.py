@@ -114,7 +114,8 @@ def delete_job(cluster: Cluster, namespace: str, name: str, keep_data: bool, ech
     """Remove the job and every object its submit created (found by llmlaunch's labels)."""
     kinds = [k for k in (*JOB_KINDS, KINDS["PodMonitor"]) if k not in cluster.missing_kinds([k])]
     kinds += [KINDS["ConfigMap"]] + ([] if keep_data else [KINDS["PersistentVolumeClaim"]])
-    found = [(k, o) for k in kinds for o in cluster.list(k, namespace, names.selector(name))]
+    found = [(k, o) for k in kinds for o in cluster.list(k, namespace, names.selector(name))
+             if not o["metadata"].get("deletionTimestamp")]  # already going (e.g. a PVC still in use)
     if not found:
         raise KubeError(f"no job {name} in namespace {namespace}: nothing to delete")
     for kind, obj in found:

@@ -88,6 +88,11 @@ class Cluster:
         except ConfigException as e:
             raise KubeError(f"kubeconfig {path}: {e}") from e
         config.retries = 1
+        if not config.verify_ssl:
+            # The kubeconfig asks for insecure-skip-tls-verify; like kubectl, do not warn on every request.
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self.host = config.host
         self.api = ApiClient(config)
 
