@@ -154,6 +154,10 @@ class Network(Section):
 
     rdma: Rdma | None = Field(None, description="Request RDMA devices (adds the IPC_LOCK capability NCCL needs).")
     nccl: StrDict = Field(default_factory=dict, description="NCCL_* environment, e.g. NCCL_IB_HCA: mlx5, NCCL_DEBUG: WARN.")
+    policy: bool = Field(
+        True, description="Create a NetworkPolicy: only the job's own pods reach its pods (plus scrapers on "
+        "the metrics port); egress stays open."
+    )
 
     @field_validator("nccl")
     @classmethod

@@ -113,7 +113,7 @@ def list_jobs(cluster: Cluster, namespace: str | None) -> list[dict[str, Any]]:
 def delete_job(cluster: Cluster, namespace: str, name: str, keep_data: bool, echo: Echo) -> None:
     """Remove the job and every object its submit created (found by llmlaunch's labels)."""
     kinds = [k for k in (*JOB_KINDS, KINDS["PodMonitor"]) if k not in cluster.missing_kinds([k])]
-    kinds += [KINDS["ConfigMap"]] + ([] if keep_data else [KINDS["PersistentVolumeClaim"]])
+    kinds += [KINDS["NetworkPolicy"], KINDS["ConfigMap"]] + ([] if keep_data else [KINDS["PersistentVolumeClaim"]])
     found = [(k, o) for k in kinds for o in cluster.list(k, namespace, names.selector(name))
              if not o["metadata"].get("deletionTimestamp")]  # already going (e.g. a PVC still in use)
     if not found:

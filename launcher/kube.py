@@ -39,6 +39,7 @@ KINDS = {k.kind: k for k in (
     Kind("ConfigMap", "", "v1", "configmaps"),
     Kind("PersistentVolumeClaim", "", "v1", "persistentvolumeclaims"),
     Kind("Pod", "", "v1", "pods"),
+    Kind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies"),
     Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors",
          "install the Prometheus operator (kube-prometheus-stack), or set cluster.monitoring.pod_monitor: false"),
     Kind("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs",
@@ -127,7 +128,7 @@ class Cluster:
         """Kinds whose API (a CRD) the server does not serve. Discovery is open to every user."""
         missing = []
         for kind in kinds:
-            if not kind.group:
+            if not kind.group or kind.group.endswith(".k8s.io"):  # built into every server
                 continue
             try:
                 resources = self.request("GET", f"/apis/{kind.group}/{kind.version}").get("resources", [])

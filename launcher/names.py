@@ -40,6 +40,10 @@ def pod_monitor(job: str) -> str:
     return job
 
 
+def network_policy(job: str) -> str:
+    return job
+
+
 def selector(job: str) -> str:
     """Label selector matching every object llmlaunch created for `job`."""
     return f"{INSTANCE_LABEL}={job},{MANAGED_BY_LABEL}=llmlaunch"

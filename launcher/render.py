@@ -132,6 +132,10 @@ def documents(spec: JobSpec) -> list[str]:
         docs.append(env.get_template("pvc.yaml.j2").render(
             meta=_meta(spec, names.data_claim(name), "storage"), size=c.storage.size,
             storage_class=c.storage.storage_class, access_mode=c.storage.access_mode))
+    if c.network.policy:
+        docs.append(env.get_template("networkpolicy.yaml.j2").render(
+            meta=_meta(spec, names.network_policy(name), "network"), pod_selector=names.pod_selector(spec),
+            metrics_port=spec.train.metrics.port if spec.train.metrics.enabled else None))
     if spec.train.metrics.enabled and c.monitoring.pod_monitor:
         docs.append(env.get_template("podmonitor.yaml.j2").render(
             meta=_meta(spec, names.pod_monitor(name), "monitoring", c.monitoring.labels),

@@ -43,8 +43,9 @@ def test_render_to_a_directory_writes_one_file_per_object(tmp_path):
     result = run("render", TINY, "-o", str(tmp_path / "out"))
     assert result.exit_code == 0, result.output
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == ["00-configmap-tiny-config.yaml", "01-podmonitor-tiny.yaml", "02-pytorchjob-tiny.yaml"]
-    assert yaml.safe_load((tmp_path / "out" / files[2]).read_text())["kind"] == "PyTorchJob"
+    assert files == ["00-configmap-tiny-config.yaml", "01-networkpolicy-tiny.yaml", "02-podmonitor-tiny.yaml",
+                     "03-pytorchjob-tiny.yaml"]
+    assert yaml.safe_load((tmp_path / "out" / files[3]).read_text())["kind"] == "PyTorchJob"
 
 
 @pytest.mark.parametrize(
@@ -72,8 +73,8 @@ def test_debug_shows_the_traceback():
 def test_client_dry_run_lists_the_objects_without_a_cluster(tmp_path):
     result = run("submit", TINY, "--dry-run", "client", "--kubeconfig", str(tmp_path / "none"))
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == ["configmap/tiny-config created (dry run)", "podmonitor/tiny created (dry run)",
-                                          "pytorchjob/tiny created (dry run)"]
+    assert result.stdout.splitlines() == ["configmap/tiny-config created (dry run)", "networkpolicy/tiny created (dry run)",
+                                          "podmonitor/tiny created (dry run)", "pytorchjob/tiny created (dry run)"]
 
 
 def test_no_kubeconfig_is_a_one_line_cluster_error(tmp_path):

@@ -27,6 +27,7 @@ TRAINJOBS = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs"
 CONFIGMAPS = "/api/v1/namespaces/{ns}/configmaps"
 PVCS = "/api/v1/namespaces/{ns}/persistentvolumeclaims"
 PODMONITORS = "/apis/monitoring.coreos.com/v1/namespaces/{ns}/podmonitors"
+NETPOLS = "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies"
 
 
 def llmlaunch(plane, *args: str, kubeconfig: Path | None = None):
@@ -69,11 +70,12 @@ def test_submit_creates_every_object_as_rendered_then_list_status_delete(control
             "cluster.secrets=[{env: HF_TOKEN, secret: hf, key: token}]", "-n", ns)
     result = llmlaunch(control_plane, "submit", TINY, *args)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[:4] == ["configmap/tiny-config created", "persistentvolumeclaim/tiny-data created",
-                                              "podmonitor/tiny created", "pytorchjob/tiny created"]
+    assert result.stdout.splitlines()[:5] == ["configmap/tiny-config created", "persistentvolumeclaim/tiny-data created",
+                                              "networkpolicy/tiny created", "podmonitor/tiny created", "pytorchjob/tiny created"]
     expected = render(load_job(TINY, ["cluster.nodes=3", "cluster.storage.size=1Gi", f"cluster.namespace={ns}",
                                       "cluster.secrets=[{env: HF_TOKEN, secret: hf, key: token}]"], resolve_paths=False))
-    paths = {"ConfigMap": CONFIGMAPS, "PersistentVolumeClaim": PVCS, "PodMonitor": PODMONITORS, "PyTorchJob": PYTORCHJOBS}
+    paths = {"ConfigMap": CONFIGMAPS, "PersistentVolumeClaim": PVCS, "PodMonitor": PODMONITORS, "PyTorchJob": PYTORCHJOBS,
+             "NetworkPolicy": NETPOLS}
     for obj in expected:
         stored = control_plane.api("GET", paths[obj["kind"]].format(ns=ns) + "/" + obj["metadata"]["name"])
         assert contains(obj, stored) == [], f"{obj['kind']}: the server dropped or changed these fields"
@@ -85,8 +87,9 @@ def test_submit_creates_every_object_as_rendered_then_list_status_delete(control
 
     deleted = llmlaunch(control_plane, "delete", "tiny", "-n", ns)
     assert deleted.exit_code == 0, deleted.output
-    assert sorted(deleted.stdout.splitlines()) == ["configmap/tiny-config deleted", "persistentvolumeclaim/tiny-data deleted",
-                                                   "podmonitor/tiny deleted", "pytorchjob/tiny deleted"]
+    assert sorted(deleted.stdout.splitlines()) == ["configmap/tiny-config deleted", "networkpolicy/tiny deleted",
+                                                   "persistentvolumeclaim/tiny-data deleted", "podmonitor/tiny deleted",
+                                                   "pytorchjob/tiny deleted"]
     for path in paths.values():
         remaining = [o for o in control_plane.api("GET", path.format(ns=ns))["items"]
                      if not o["metadata"].get("deletionTimestamp")]  # PVCs wait on their protection finalizer
@@ -100,8 +103,10 @@ def test_server_dry_run_validates_and_creates_nothing(control_plane):
     result = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--dry-run", "server")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ["configmap/tiny-config created (server dry run)",
+                                          "networkpolicy/tiny created (server dry run)",
                                           "podmonitor/tiny created (server dry run)", "pytorchjob/tiny created (server dry run)"]
-    assert names_in(control_plane, CONFIGMAPS, ns) == [] and names_in(control_plane, PYTORCHJOBS, ns) == []
+    for path in (CONFIGMAPS, NETPOLS, PODMONITORS, PYTORCHJOBS):
+        assert names_in(control_plane, path, ns) == []
 
 
 @pytest.mark.parametrize(("conditions", "state"), [
@@ -183,8 +188,9 @@ def test_a_submit_failing_halfway_removes_what_it_created(control_plane):
     result = llmlaunch(control_plane, "submit", TINY, "-n", ns)
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: pytorchjob {ns}/tiny already exists")
-    assert result.stderr.rstrip().endswith("(removed what this submit created: podmonitor/tiny, configmap/tiny-config)")
-    assert names_in(control_plane, CONFIGMAPS, ns) == [] and names_in(control_plane, PODMONITORS, ns) == []
+    assert result.stderr.rstrip().endswith("(removed what this submit created: podmonitor/tiny, networkpolicy/tiny, configmap/tiny-config)")
+    for path in (CONFIGMAPS, NETPOLS, PODMONITORS):
+        assert names_in(control_plane, path, ns) == []
 
 
 def test_missing_namespace(control_plane):
@@ -221,7 +227,7 @@ def test_trainjob_submit_status_delete(control_plane):
     ns = control_plane.create_namespace()
     result = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "cluster.api=trainjob", "--nodes", "2")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[2] == "trainjob/tiny created"
+    assert result.stdout.splitlines()[3] == "trainjob/tiny created"
     control_plane.api("PATCH", TRAINJOBS.format(ns=ns) + "/tiny/status", {"status": {"conditions": [
         {"type": "Complete", "status": "True", "reason": "JobsCompleted", "message": "jobs completed",
          "lastTransitionTime": "2025-01-01T00:00:00Z"}]}}, content_type="application/merge-patch+json")

@@ -33,9 +33,9 @@ def env_of(container: dict) -> dict:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
-def test_tiny_is_a_configmap_a_podmonitor_and_a_one_node_pytorchjob_created_last():
+def test_tiny_is_a_configmap_a_policy_a_podmonitor_and_a_one_node_pytorchjob_created_last():
     objs = render.render(spec_of())
-    assert [o["kind"] for o in objs] == ["ConfigMap", "PodMonitor", "PyTorchJob"]
+    assert [o["kind"] for o in objs] == ["ConfigMap", "NetworkPolicy", "PodMonitor", "PyTorchJob"]
     job = objs[-1]
     assert (job["apiVersion"], job["metadata"]["name"]) == ("kubeflow.org/v1", "tiny")
     assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Master"]
@@ -233,3 +233,17 @@ def test_rendering_is_deterministic_across_processes():
     }
     assert len(outputs) == 1
     assert render.to_yaml_stream(render.render(spec_of(example=EXAMPLES / "pretrain-multinode.yaml"))).encode() in outputs
+
+
+def test_network_policy_admits_only_the_jobs_pods_and_metrics_scrapers():
+    objs = objects()
+    policy = objs["NetworkPolicy"]["spec"]
+    selector = {"app.kubernetes.io/name": "llmlaunch", "app.kubernetes.io/instance": "tiny",
+                "app.kubernetes.io/component": "trainer"}
+    assert policy == {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
+                      "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}]},
+                                  {"ports": [{"port": 9400, "protocol": "TCP"}]}]}
+    assert objects("train.metrics.enabled=false")["NetworkPolicy"]["spec"]["ingress"] == policy["ingress"][:1]
+    assert "NetworkPolicy" not in objects("cluster.network.policy=false")
+    tj = objects("cluster.api=trainjob")["NetworkPolicy"]["spec"]
+    assert tj["podSelector"] == {"matchLabels": {"jobset.sigs.k8s.io/jobset-name": "tiny"}}
