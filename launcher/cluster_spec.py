@@ -4,8 +4,6 @@ Every field is documented (it feeds `llmlaunch schema`), unknown keys are refuse
 rules name the key they are about. Local runs read only nodes / gpus_per_node from here.
 """
 
-from __future__ import annotations
-
 import re
 from typing import Any, Literal
 
@@ -60,7 +58,7 @@ class Storage(Section):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> Storage:
+    def _one_source(self) -> "Storage":
         if self.claim and self.size:
             raise ValueError("set cluster.storage.claim (existing PVC) or cluster.storage.size (new PVC), not both")
         if self.storage_class and not self.size:
@@ -270,7 +268,7 @@ class ClusterSpec(Section):
         return env
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> ClusterSpec:
+    def _cross_checks(self) -> "ClusterSpec":
         names = [s.env for s in self.secrets]
         for name in names:
             if names.count(name) > 1 or name in self.env or name in self.network.nccl:

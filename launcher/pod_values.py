@@ -10,7 +10,7 @@ from typing import Any
 
 from launcher import names
 from launcher.spec import JobSpec
-from launcher.torchrun import TRAIN_CONFIG_IN_POD, pod_torchrun
+from launcher.torchrun import PYTORCHJOB_RDZV_ENDPOINT, TRAIN_CONFIG_IN_POD, TRAINJOB_RDZV_ENDPOINT, pod_torchrun
 
 CONFIG_DIR = TRAIN_CONFIG_IN_POD.rsplit("/", 1)[0]
 PYTORCHJOB_PORT = 23456  # the operator's default rendezvous port (container port "pytorchjob-port")
@@ -26,7 +26,9 @@ def container_name(spec: JobSpec) -> str:
 def command(spec: JobSpec) -> list[str]:
     c = spec.cluster
     max_restarts = c.elastic.max_restarts if c.elastic else 0
-    cmd = pod_torchrun(c.procs_per_node, max_restarts=max_restarts, elastic=c.elastic is not None)
+    endpoint = TRAINJOB_RDZV_ENDPOINT if c.api == "trainjob" else PYTORCHJOB_RDZV_ENDPOINT
+    nnodes = f"{c.elastic.min_nodes}:{c.elastic.max_nodes}" if c.elastic else str(c.nodes)
+    cmd = pod_torchrun(nnodes, c.procs_per_node, max_restarts=max_restarts, rdzv_endpoint=None if c.elastic else endpoint)
     if c.api == "trainjob" and c.storage.enabled:
         # A TrainJob cannot set workingDir; coreutils' env changes directory without a shell.
         return ["env", f"--chdir={c.storage.mount_path}", *cmd]

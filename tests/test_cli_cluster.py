@@ -130,3 +130,13 @@ def test_render_imports_no_tensor_library_and_no_kubernetes_client():
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert json.loads(result.stderr.strip().splitlines()[-1]) == []
     assert "kind: PyTorchJob" in result.stdout
+
+
+def test_shell_completion_completes_commands_and_options():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "_LLMLAUNCH_COMPLETE": "bash_complete",
+           "COMP_WORDS": "llmlaunch sub", "COMP_CWORD": "1"}
+    out = subprocess.run([sys.executable, "-m", "launcher.cli"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.stdout.split() == ["plain,submit"]
+    env.update(COMP_WORDS="llmlaunch submit job.yaml --dry-run ", COMP_CWORD="4")
+    out = subprocess.run([sys.executable, "-m", "launcher.cli"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.stdout.split() == ["plain,none", "plain,client", "plain,server"]

@@ -54,8 +54,8 @@ def test_multi_node_gpu_job_topology():
     container = pod_spec(job, "Worker")["containers"][0]
     assert container["name"] == "pytorch"  # the operator injects PET_* only into this container
     assert container["command"] == [
-        "torchrun", "--nproc-per-node=8", "--rdzv-backend=c10d",
-        "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)", "--max-restarts=0",
+        "torchrun", "--nnodes=4", "--nproc-per-node=8", "--rdzv-backend=c10d",
+        "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)", "--max-restarts=0",
         "-m", "trainer", "--config", "/etc/llmlaunch/train.yaml"]
     assert container["resources"] == {"requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": 8},
                                       "limits": {"memory": "16Gi", "nvidia.com/gpu": 8}}
@@ -152,7 +152,8 @@ def test_elastic_job_has_only_workers_and_lets_the_operator_set_the_rendezvous()
     assert job["spec"]["elasticPolicy"] == {"minReplicas": 1, "maxReplicas": 4, "maxRestarts": 5, "rdzvBackend": "c10d"}
     assert {k: v["replicas"] for k, v in job["spec"]["pytorchReplicaSpecs"].items()} == {"Worker": 2}
     command = pod_spec(job, "Worker")["containers"][0]["command"]
-    assert "--max-restarts=5" in command and not any(a.startswith("--rdzv-endpoint") for a in command)
+    assert "--max-restarts=5" in command and "--nnodes=1:4" in command
+    assert not any(a.startswith("--rdzv-endpoint") for a in command)
     assert "train_batch_size" not in json.loads(objs["ConfigMap"]["data"]["ds_config.json"])
     with pytest.raises(ConfigError, match="global_batch_size: cannot be fixed with cluster.elastic"):
         render.render(spec_of("cluster.elastic={min_nodes: 1, max_nodes: 4}", "train.run.global_batch_size=8"))
@@ -197,6 +198,7 @@ def test_trainjob_uses_the_torch_distributed_runtime_and_the_same_configmap():
     trainer = tj["spec"]["trainer"]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
     assert trainer["command"][:3] == ["env", "--chdir=/workspace", "torchrun"]  # no workingDir in a TrainJob
+    assert "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)" in trainer["command"]
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 4
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token", "optional": False}}} in trainer["env"]
     override = tj["spec"]["podSpecOverrides"][0]
