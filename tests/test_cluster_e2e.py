@@ -292,3 +292,15 @@ def test_logs_picks_the_pod_of_the_requested_node(control_plane):
     assert out_of_range.stderr == "error: --node: job tiny has 3 node(s), 0 to 2 (got 3)\n"
     missing = llmlaunch(control_plane, "logs", "nope", "-n", ns)
     assert missing.exit_code == 1 and missing.stderr.startswith(f"error: no job nope in namespace {ns}")
+
+
+def test_missing_podmonitor_crd_names_both_ways_out(control_plane):
+    ns = control_plane.create_namespace()
+    with control_plane.without_crd("monitoring.coreos.com_podmonitors.yaml", "podmonitors.monitoring.coreos.com"):
+        result = llmlaunch(control_plane, "submit", TINY, "-n", ns)
+        assert result.exit_code == 1
+        assert "does not serve PodMonitor (monitoring.coreos.com/v1): install the Prometheus operator" in result.stderr
+        assert "or set cluster.monitoring.pod_monitor: false" in result.stderr
+        ok = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "cluster.monitoring.pod_monitor=false")
+        assert ok.exit_code == 0, ok.output
+        assert llmlaunch(control_plane, "delete", "tiny", "-n", ns).exit_code == 0  # works without the CRD too
