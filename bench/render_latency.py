@@ -1,7 +1,8 @@
 """Wall time of `llmlaunch render examples/tiny.yaml --nodes 4`, as a user runs it (a fresh process).
 
-Prints one JSON line: the median and min of N runs, next to the bare interpreter start-up measured
-the same way, so a regression in llmlaunch's own imports stands out from a slow machine.
+Prints one JSON line: the median and min of N runs, next to two floors measured the same way: the
+bare interpreter start-up, and `llmlaunch validate` (start-up + loading and validating the job file,
+no rendering), so what rendering itself costs stands out from a slow or busy machine.
 Target (issue #3): under 0.2 s.   Usage: python bench/render_latency.py [--runs N]
 """
 
@@ -39,6 +40,7 @@ def main() -> None:
     timed(render, 2)  # warm the page cache and __pycache__
     render_times = timed(render, args.runs)
     bare_times = timed([sys.executable, "-c", "pass"], args.runs)
+    validate_times = timed([sys.executable, "-m", "launcher.cli", "validate", "examples/tiny.yaml"], args.runs)
     median = statistics.median(render_times)
     print(json.dumps({
         "bench": "render_latency",
@@ -47,9 +49,11 @@ def main() -> None:
         "median_s": round(median, 4),
         "min_s": round(min(render_times), 4),
         "python_startup_median_s": round(statistics.median(bare_times), 4),
+        "validate_median_s": round(statistics.median(validate_times), 4),
         "target_s": TARGET_S,
         "meets_target": median < TARGET_S,
         "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }))
 
 
