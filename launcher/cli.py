@@ -95,6 +95,20 @@ def train(job_file: str, nproc_per_node: int | None, nodes: int, output_dir: str
         raise RuntimeFailure(f"training failed (exit code {code}); see the output above")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="PNG to write (default: RUN_DIR/report.png).")
+@report_errors
+def report(run_dir: str, output: str | None) -> None:
+    """Plot a run's metrics.jsonl (loss, eval loss, lr, tokens/s) to a PNG and print a summary."""
+    from launcher.report import write_report
+
+    png, rows = write_report(run_dir, output)
+    width = max(len(what) for what, _ in rows)
+    for what, value in [*rows, ("plot", str(png))]:
+        click.echo(f"{what:<{width}}  {value}")
+
+
 def main() -> None:
     cli(prog_name="llmlaunch")
 

@@ -47,7 +47,9 @@ def run_local(spec: JobSpec, nodes: int = 1, nproc_per_node: int | None = None) 
     world = nodes * nproc
     precision = run_preflight(spec.train, world_size=world, has_gpu=gpus > 0)
     out = prepare_run_dir(spec, world, precision)
-    env = dict(os.environ, LLMLAUNCH_JOB=spec.name, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, LLMLAUNCH_JOB=spec.name, LLMLAUNCH_LOCAL_RUN="1", PYTHONUNBUFFERED="1")
+    # Share the cores between the processes (torchrun would otherwise pin each to 1 thread and say so).
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
     port = free_port()
     agents = [
         subprocess.Popen(

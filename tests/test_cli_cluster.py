@@ -84,7 +84,7 @@ def test_no_kubeconfig_is_a_one_line_cluster_error(tmp_path):
 
 
 def test_unreachable_cluster_names_the_address(tmp_path):
-    from fixtures.control_plane import free_port, kubeconfig_text
+    from tests.fixtures.control_plane import free_port, kubeconfig_text
 
     port = free_port()  # nothing listens there
     config = tmp_path / "kubeconfig"
@@ -97,7 +97,7 @@ def test_unreachable_cluster_names_the_address(tmp_path):
 
 
 def test_unknown_context_is_a_cluster_error(tmp_path):
-    from fixtures.control_plane import kubeconfig_text
+    from tests.fixtures.control_plane import kubeconfig_text
 
     config = tmp_path / "kubeconfig"
     config.write_text(kubeconfig_text("https://127.0.0.1:1", "t"))

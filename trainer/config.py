@@ -147,7 +147,7 @@ class RunConfig(Section):
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0 = only at the end).")
     keep_last: int = Field(2, ge=1, description="Checkpoints kept besides the best.")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
-    log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
+    log_every: int = Field(10, ge=1, description="Log metrics every N steps (each log synchronises the device).")
     seed: int = Field(1234, description="Seeds init, data order and dropout.")
     resume: bool = Field(True, description="Resume from the latest complete checkpoint in output_dir.")
 

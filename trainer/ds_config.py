@@ -72,18 +72,6 @@ def build_ds_config(cfg: TrainConfig, world_size: int, precision: Precision | No
     ds["gradient_accumulation_steps"] = run.grad_accum
     ds["train_batch_size"] = cfg.global_batch(world_size)
     ds["gradient_clipping"] = optim.grad_clip
-    ds.setdefault(
-        "optimizer",
-        {
-            "type": "AdamW",
-            "params": {
-                "lr": optim.lr,
-                "betas": list(optim.betas),
-                "eps": optim.eps,
-                "weight_decay": optim.weight_decay,
-            },
-        },
-    )
     if precision is not None:
         ds["bf16"] = deep_merge({"enabled": precision == "bf16"}, ds.get("bf16", {}))
         ds["fp16"] = deep_merge(

@@ -12,22 +12,12 @@ from pathlib import Path
 from trainer.config import ConfigError, TrainConfig
 from trainer.ds_config import resolve_precision
 
-DATA_SUFFIXES = (".jsonl", ".json", ".txt", ".text", ".parquet")
-
 
 def data_files(path: str, key: str) -> list[Path]:
-    """The files behind a data path (a file, or a directory of supported files)."""
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in DATA_SUFFIXES)
-        if not files:
-            raise ConfigError([f"{key}: directory {path} holds no {'/'.join(DATA_SUFFIXES)} files"])
-        return files
-    if not p.is_file():
-        raise ConfigError([f"{key}: data file {path} does not exist"])
-    if p.suffix not in DATA_SUFFIXES:
-        raise ConfigError([f"{key}: {path} is not one of {', '.join(DATA_SUFFIXES)}"])
-    return [p]
+    """The files behind a data path (a file, or a folder of one supported kind)."""
+    from trainer.data_sources import data_files as find
+
+    return find(path, key)[1]
 
 
 def _has_records(file: Path) -> bool:

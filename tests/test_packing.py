@@ -1,0 +1,173 @@
+"""Packing, masks and the batch plan: packed documents must not see each other, ranks must not overlap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from trainer.packing import TokenData, for_attention, pack_documents, pad_documents
+
+VOCAB = 100
+
+
+def documents(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(3, VOCAB, n).astype(np.int32), np.ones(n, bool)) for n in lengths]
+
+
+def tiny_llama(attn="sdpa"):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      attn_implementation=attn)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def alone(model, ids):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids, dtype=torch.long)[None]).logits[0]
+
+
+def token_losses(logits, ids):
+    """Cross entropy of predicting ids[1:] from logits[:-1] (what HF's shifted loss averages)."""
+    return torch.nn.functional.cross_entropy(logits[:-1], torch.as_tensor(ids[1:], dtype=torch.long),
+                                             reduction="none")
+
+
+def test_packed_documents_give_the_same_logits_and_loss_as_alone():
+    docs = documents([11, 17, 9, 20])  # 57 tokens in one row of 64, 7 padding
+    data = TokenData(pack_documents(docs, 64, pad_id=0), packed=True, pad_id=0, shuffle=False)
+    assert len(data) == 1
+    batch = data[np.array([0])]
+    model = tiny_llama()
+    with torch.no_grad():
+        out = model(**batch)
+    offset = 0
+    expected = []
+    for ids, _ in docs:
+        ref = alone(model, ids)
+        torch.testing.assert_close(out.logits[0, offset : offset + len(ids)], ref, atol=1e-5, rtol=1e-5)
+        expected.append(token_losses(ref, ids))
+        offset += len(ids)
+    # HF's loss over the packed row = the mean over every document's own next-token losses.
+    assert out.loss.item() == pytest.approx(torch.cat(expected).mean().item(), abs=1e-5)
+
+
+def test_position_ids_alone_let_packed_documents_see_each_other():
+    """Why the 4D mask exists: restarting position ids with no mask or a 2D mask leak across documents."""
+    docs = documents([11, 17, 9])
+    data = TokenData(pack_documents(docs, 37, pad_id=0), packed=True, pad_id=0, shuffle=False)
+    batch = data[np.array([0])]
+    model = tiny_llama()
+    second = slice(11, 28)
+    ref = alone(model, docs[1][0])
+    with torch.no_grad():
+        no_mask = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0, second]
+        ones = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                     attention_mask=torch.ones(1, 37, dtype=torch.long)).logits[0, second]
+        masked = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0, second]
+    assert (no_mask - ref).abs().max() > 1e-2
+    assert (ones - ref).abs().max() > 1e-2
+    assert (masked - ref).abs().max() < 1e-5
+
+
+def test_eager_attention_gets_an_additive_mask():
+    docs = documents([11, 17, 9])
+    batch = TokenData(pack_documents(docs, 40, pad_id=0), packed=True, pad_id=0, shuffle=False)[np.array([0])]
+    model = tiny_llama("eager")
+    adapted = for_attention(batch, "eager", torch.float32)
+    assert adapted["attention_mask"].dtype == torch.float32
+    with torch.no_grad():
+        logits = model(**adapted).logits[0]
+        wrong = model(**batch).logits[0]  # a boolean mask added to eager scores does not separate documents
+    torch.testing.assert_close(logits[11:28], alone(model, docs[1][0]), atol=1e-5, rtol=1e-5)
+    assert (wrong[11:28] - alone(model, docs[1][0])).abs().max() > 1e-2
+    assert for_attention(batch, "sdpa", torch.float32) is batch
+    assert "attention_mask" not in for_attention(batch, "flash_attention_2", torch.float32)
+
+
+def test_packed_rows_cut_documents_restart_positions_and_mask_first_tokens():
+    docs = documents([5, 6, 7])
+    arrays = pack_documents(docs, 8, pad_id=0)  # 18 tokens -> rows of 8, 8, 2 + 6 padding
+    data = TokenData(arrays, packed=True, pad_id=0, shuffle=False)
+    batch = data[np.arange(3)]
+    assert batch["input_ids"].flatten()[:18].tolist() == np.concatenate([d[0] for d in docs]).tolist()
+    # a document cut at a row end goes on as a new document of the next row (positions from 0)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 0, 1, 2, 3, 4],
+                                              [0, 1, 0, 1, 2, 3, 4, 5]]
+    labels = batch["labels"]
+    # first tokens of documents 2 and 3 follow another document in their row: no loss there
+    assert labels[0, 5] == -100 and labels[1, 3] == -100
+    assert (labels[2, 2:] == -100).all()  # padding
+    assert labels[1, 0] == docs[1][0][3]  # a cut document continues as a target in the next row
+    mask = batch["attention_mask"]
+    assert mask.shape == (3, 1, 8, 8) and mask.dtype == torch.bool
+    assert not mask[0, 0, 5, :5].any() and mask[0, 0, 7, 5:8].all()
+    assert not mask[0, 0, 3, 4]  # causal
+
+
+def test_padded_rows_one_document_each_truncated():
+    docs = documents([5, 12, 3])
+    data = TokenData(pad_documents(docs, 8, pad_id=0), packed=False, pad_id=0, shuffle=False)
+    batch = data[np.arange(3)]
+    assert batch["attention_mask"].tolist()[0] == [1] * 5 + [0] * 3
+    assert batch["attention_mask"][1].sum() == 8  # truncated to seq_len
+    assert batch["input_ids"][1].tolist() == docs[1][0][:8].tolist()
+    assert (batch["labels"][0, 5:] == -100).all() and batch["labels"][0, 0] == -100
+    assert batch["labels"][0, 1:5].tolist() == docs[0][0][1:].tolist()
+    model = tiny_llama()
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    torch.testing.assert_close(logits[0, :5], alone(model, docs[0][0]), atol=1e-5, rtol=1e-5)
+
+
+def plan_data(rows=103, shuffle=True, workers=0):
+    docs = documents([4] * rows)
+    return TokenData(pad_documents(docs, 4, pad_id=0), packed=False, pad_id=0, shuffle=shuffle,
+                     num_workers=workers)
+
+
+def rows_seen(data, epoch, world, mbs, seed, start=0):
+    """Row numbers each rank sees, recovered from the batches' first token (unique per row here)."""
+    first_token = {int(data.tokens[r, 0]) * 1000 + int(data.tokens[r, 1]): r for r in range(len(data))}
+    seen = []
+    for rank in range(world):
+        batches = data.iter_batches(epoch, start, rank=rank, world_size=world, micro_batch_size=mbs, seed=seed)
+        seen.append([[first_token[int(a) * 1000 + int(b)] for a, b in batch["input_ids"][:, :2].tolist()]
+                     for batch in batches])
+    return seen
+
+
+def test_ranks_get_disjoint_equal_shards_covering_the_epoch():
+    data = plan_data()
+    assert data.batches_per_epoch(4, 3) == 103 // 12
+    seen = rows_seen(data, epoch=0, world=3, mbs=4, seed=7)
+    assert [len(s) for s in seen] == [8, 8, 8]
+    flat = [r for rank in seen for batch in rank for r in batch]
+    assert len(flat) == len(set(flat)) == 96
+    order = data.epoch_order(0, 7)
+    assert sorted(flat) == sorted(order[:96].tolist())
+    # step k of all ranks = the k-th block of the epoch order
+    assert seen[0][1] + seen[1][1] + seen[2][1] == order[12:24].tolist()
+
+
+def test_order_is_seeded_reshuffled_per_epoch_and_resumable():
+    data = plan_data()
+    epoch0 = rows_seen(data, 0, 2, 4, seed=7)
+    assert rows_seen(data, 0, 2, 4, seed=7) == epoch0
+    assert rows_seen(data, 1, 2, 4, seed=7) != epoch0
+    assert rows_seen(data, 0, 2, 4, seed=8) != epoch0
+    resumed = rows_seen(data, 0, 2, 4, seed=7, start=5)
+    assert resumed == [rank[5:] for rank in epoch0]
+
+
+def test_eval_order_is_not_shuffled_and_workers_give_the_same_batches():
+    data = plan_data(shuffle=False)
+    assert rows_seen(data, 3, 1, 5, seed=1)[0][0] == [0, 1, 2, 3, 4]
+    workers = plan_data(workers=2)
+    plain = plan_data()
+    for a, b in zip(workers.iter_batches(2, 1, rank=1, world_size=2, micro_batch_size=4, seed=3),
+                    plain.iter_batches(2, 1, rank=1, world_size=2, micro_batch_size=4, seed=3), strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,172 @@
+"""Real training: DeepSpeed in 2 torchrun processes on the CPU (gloo), through `llmlaunch train`.
+
+Each run takes ~20-40 s on a 2-core machine, so runs are shared between tests through fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainjobs import DATA, TINY_MODEL, losses, metrics, tiny_job, train
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture(scope="module")
+def zero2_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("zero2")
+    train(tiny_job(tmp))
+    return tmp / "out"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A 'pretrained' HF model directory to fine-tune (random weights, saved with plain transformers)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("base") / "model"
+    arch = dict(TINY_MODEL)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch.pop("model_type"), **arch))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(DATA / "tokenizer").save_pretrained(out)
+    return out
+
+
+def load_final(out: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(out / "final")
+
+
+def generate(model, out: Path) -> str:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out / "final")
+    ids = tok("Counting by 2 from 10:", return_tensors="pt").input_ids
+    new = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert new.shape[1] > ids.shape[1]
+    return tok.decode(new[0])
+
+
+def test_zero2_run_outputs(zero2_run):
+    out = zero2_run
+    records = metrics(out)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert all({"loss", "lr", "tokens_per_s"} <= set(r) for r in records)
+    assert [r["step"] for r in records if "eval_loss" in r] == [4, 8]
+    assert (out / "train.yaml").is_file()
+    ds = json.loads((out / "ds_config.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 2 and ds["train_batch_size"] == 8 and ds["bf16"]["enabled"] is False
+    complete = sorted(p.name for p in (out / "checkpoints").glob("step-*") if (p / "COMPLETE").exists())
+    assert complete == ["step-000004", "step-000008"]
+    assert records[-1]["loss"] < records[0]["loss"]  # it learns
+    assert (out / "best" / "config.json").is_file()
+    generate(load_final(out), out)  # plain transformers loads and generates
+
+
+def test_zero1_matches_zero2(tmp_path, zero2_run):
+    train(tiny_job(tmp_path, deepspeed={"preset": "zero1"}))
+    out = tmp_path / "out"
+    assert json.loads((out / "ds_config.json").read_text())["zero_optimization"]["stage"] == 1
+    # Same data, init and math as ZeRO-2: the losses agree (partitioning changes only summation order).
+    for step, loss in losses(out).items():
+        assert loss == pytest.approx(losses(zero2_run)[step], abs=2e-3), step
+    generate(load_final(out), out)
+
+
+def test_zero3_exports_the_gathered_weights(tmp_path):
+    """Under ZeRO-3 each rank holds half of every tensor; the export must gather them. The exported
+    model, evaluated with plain transformers, gives the eval loss the trainer reported."""
+    train(tiny_job(tmp_path, deepspeed={"preset": "zero3"}, run={"eval_batches": None}))
+    out = tmp_path / "out"
+    assert json.loads((out / "ds_config.json").read_text())["zero_optimization"]["stage"] == 3
+    reported = [r["eval_loss"] for r in metrics(out) if "eval_loss" in r][-1]
+    model = load_final(out).eval()
+    from trainer.config import TrainConfig
+    from trainer.data import build_data, load_tokenizer
+
+    cfg = TrainConfig.from_yaml_file(out / "train.yaml")
+    data = build_data(cfg, load_tokenizer(cfg.model), split="eval", packing=True, cache_dir=out / "cache")
+    total = count = 0.0
+    with torch.no_grad():
+        for batch in data.iter_batches(0, 0, rank=0, world_size=1, micro_batch_size=4, seed=cfg.run.seed):
+            n = (batch["labels"][:, 1:] != -100).sum().item()
+            total += model(**batch).loss.item() * n
+            count += n
+    assert total / count == pytest.approx(reported, abs=1e-4)
+    generate(model, out)
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, zero2_run):
+    train(tiny_job(tmp_path, model={"gradient_checkpointing": True}))
+    ref = losses(zero2_run)
+    for step, loss in losses(tmp_path / "out").items():
+        assert loss == pytest.approx(ref[step], abs=1e-5), step
+
+
+def test_resume_continues_exactly(tmp_path, zero2_run):
+    """Restart from the step-4 checkpoint of the reference run: steps 5-8 and the weights match it."""
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(zero2_run / "checkpoints" / "step-000004", out / "checkpoints" / "step-000004")
+    result = train(tiny_job(tmp_path))
+    assert "resuming from" in result.stderr and "(step 4)" in result.stderr
+    ref = losses(zero2_run)
+    resumed = losses(out)
+    assert sorted(resumed) == [5, 6, 7, 8]
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(ref[step], abs=1e-6), step
+    a, b = load_final(zero2_run).state_dict(), load_final(out).state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_partial_checkpoint_is_never_loaded(tmp_path, zero2_run):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(zero2_run / "checkpoints" / "step-000004", out / "checkpoints" / "step-000004")
+    (out / "checkpoints" / "step-000004" / "COMPLETE").unlink()  # as if a rank died while writing it
+    result = train(tiny_job(tmp_path))
+    assert "resuming from" not in result.stderr
+    assert sorted(losses(out)) == list(range(1, 9))
+
+
+def test_lora_fine_tunes_an_adapter(tmp_path, pretrained):
+    # Chat data: the loss covers the assistant turns only (rendered with the tokenizer's chat template).
+    job = tiny_job(tmp_path, model={"config": None, "pretrained": str(pretrained), "tokenizer": None},
+                   data={"train": str(DATA / "tiny" / "chat.jsonl"), "eval": str(DATA / "tiny" / "chat_eval.jsonl"),
+                         "format": "chat"},
+                   method={"kind": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}})
+    train(job)
+    out = tmp_path / "out"
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    files = {p.name for p in (out / "final").iterdir()}
+    assert "adapter_config.json" in files and "model.safetensors" not in files
+    base = AutoModelForCausalLM.from_pretrained(pretrained)
+    tuned = PeftModel.from_pretrained(base, out / "final")
+    lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero: training moved it
+    generate(tuned, out)
+    assert metrics(out)[-1]["loss"] < metrics(out)[0]["loss"]
+
+
+def test_prefix_tuning_trains_virtual_tokens(tmp_path, pretrained):
+    job = tiny_job(tmp_path, model={"config": None, "pretrained": str(pretrained), "tokenizer": None},
+                   method={"kind": "prefix", "prefix": {"num_virtual_tokens": 4}})
+    train(job)
+    out = tmp_path / "out"
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert PeftConfig.from_pretrained(out / "final").peft_type == "PREFIX_TUNING"
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(pretrained), out / "final")
+    generate(tuned, out)
+    assert metrics(out)[-1]["loss"] < metrics(out)[0]["loss"]

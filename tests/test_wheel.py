@@ -1,0 +1,45 @@
+"""The wheel carries the templates, DeepSpeed presets and examples: install it in a fresh venv and use it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+import zipfile
+
+import pytest
+
+from trainjobs import REPO
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO)],
+                   check=True, capture_output=True)
+    (found,) = dist.glob("llmlaunch-*.whl")
+    return found
+
+
+def test_wheel_contains_the_data_files(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in ("llmlaunch_data/ds_configs/zero2.json", "llmlaunch_data/ds_configs/README.md",
+                     "llmlaunch_data/examples/tiny.yaml", "llmlaunch_data/examples/data/tokenizer/tokenizer.json",
+                     "launcher/cli.py", "trainer/__main__.py"):
+        assert required in names, required
+    assert any(n.startswith("llmlaunch_data/k8s/") and n.endswith(".j2") for n in names)
+    assert not any(n.startswith(("llmlaunch_data/tests/", "llmlaunch_data/.venv")) for n in names)
+
+
+def test_installed_wheel_validates_the_example(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=600)
+    site = subprocess.run([str(py), "-c", "import llmlaunch_data, os; print(os.path.dirname(llmlaunch_data.__spec__.submodule_search_locations[0]))"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    example = f"{site}/llmlaunch_data/examples/tiny.yaml"
+    result = subprocess.run([str(env_dir / "bin" / "llmlaunch"), "validate", example], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ok (tiny" in result.stdout

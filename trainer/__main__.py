@@ -1,0 +1,54 @@
+"""`python -m trainer --config train.yaml`: the entrypoint torchrun starts, locally and in every pod."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from trainer.config import ConfigError, load_train_config
+
+
+def quiet_libraries() -> None:
+    """Keep the run's output about the run: no per-file progress bars or import-time notices."""
+    import warnings
+
+    if not Path("/dev/nvidia0").exists():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it fell back to CPU
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    parser.add_argument("--config", required=True, type=Path, help="train.yaml (the train section of a job file)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
+                        format="[llmlaunch] %(message)s")
+    quiet_libraries()
+    try:
+        cfg = load_train_config(args.config)
+        # The same checks the CLI ran, again here: a pod must fail before distributed init, clearly.
+        import torch
+
+        from trainer.preflight import run_preflight
+
+        precision = run_preflight(cfg, int(os.environ.get("WORLD_SIZE", 1)), has_gpu=torch.cuda.is_available())
+        from trainer.loop import Trainer
+
+        Trainer(cfg, args.config, precision).train()
+    except ConfigError as e:  # also data problems found while tokenizing, after the process group started
+        if os.environ.get("RANK", "0") == "0":
+            for line in e.problems:
+                print(f"error: {line}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Checkpoints that are either complete or invisible, resume from the latest complete one, final export.
+
+Layout under <output_dir>/checkpoints/step-000050/:
+  DeepSpeed's engine state (model, optimizer and ZeRO partitions, LR scheduler; written by every rank),
+  loop-rank{r}.pt (each rank's loop position and RNG states), and COMPLETE, written by rank 0 only after
+  every rank has finished. A directory without COMPLETE (a crash mid-write) is never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger("llmlaunch.trainer")
+
+MARKER = "COMPLETE"
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:06d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / MARKER).is_file())
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save(engine, root: Path, step: int, loop_state: dict[str, Any], *, keep_last: int, protect: int | None) -> float:
+    """Write a checkpoint from every rank; returns the seconds it took. Collective: all ranks call it."""
+    start = time.perf_counter()
+    target = step_dir(root, step)
+    rank = dist.get_rank()
+    if rank == 0 and target.exists():  # a leftover from a crash at this very step
+        shutil.rmtree(target)
+    dist.barrier()
+    engine.save_checkpoint(str(root), tag=target.name)
+    buf = _torch_bytes({"loop": loop_state, "rng": rng_state()})
+    _atomic_write(target / f"loop-rank{rank}.pt", buf)
+    dist.barrier()  # every rank has written its part
+    if rank == 0:
+        meta = {"step": step, "world_size": dist.get_world_size(), "time": time.time()}
+        _atomic_write(target / MARKER, json.dumps(meta).encode())
+        prune(root, keep_last, protect)
+    dist.barrier()
+    return time.perf_counter() - start
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    import io
+
+    f = io.BytesIO()
+    torch.save(obj, f)
+    return f.getvalue()
+
+
+def prune(root: Path, keep_last: int, protect: int | None) -> None:
+    """Keep the newest `keep_last` complete checkpoints and the protected (best) one; drop stale partial ones."""
+    complete = complete_checkpoints(root)
+    keep = set(complete[-keep_last:])
+    if protect is not None:
+        keep.add(step_dir(root, protect))
+    newest = complete[-1] if complete else None
+    for path in sorted(root.glob("step-*")):
+        partial_and_old = not (path / MARKER).exists() and newest is not None and path.name < newest.name
+        if (path in complete and path not in keep) or partial_and_old:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def latest(root: Path) -> Path | None:
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load(engine, path: Path) -> dict[str, Any]:
+    """Restore engine state, this rank's RNG, and return the loop state. Collective."""
+    rank = dist.get_rank()
+    load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name)
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
+    saved = torch.load(path / f"loop-rank{rank}.pt", weights_only=False)
+    set_rng_state(saved["rng"])
+    return saved["loop"]
+
+
+def export(engine, model: torch.nn.Module, tokenizer, out: Path, is_main: bool) -> None:
+    """Save a transformers model directory (or a peft adapter) loadable without llmlaunch. Collective.
+
+    Under ZeRO-3 the partitioned weights are gathered onto rank 0 first.
+    """
+    state_dict = None
+    if engine.zero_optimization_partition_weights():
+        state_dict = engine._zero3_consolidated_16bit_state_dict()
+    if is_main:
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        module = engine.module
+        module.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    dist.barrier()

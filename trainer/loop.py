@@ -1,0 +1,171 @@
+"""The training loop: a Trainer whose train() only calls components (model, data, engine, checkpoints)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from trainer import checkpoint
+from trainer.config import ConfigError, TrainConfig
+from trainer.data import build_data, for_attention, load_tokenizer
+from trainer.engine import Topology, init_distributed, load_ds_config, make_engine
+from trainer.runlog import RunLog, progress_bar
+from trainer.state import LoopState, StopSignal
+from trainer.model import build_model, count_parameters
+
+log = logging.getLogger("llmlaunch.trainer")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, config_path: Path, precision: str):
+        self.cfg, self.config_path, self.precision = cfg, config_path, precision
+        self.out = Path(cfg.run.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+
+    # ---- set-up ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.topo: Topology = init_distributed()
+        self.stop = StopSignal()
+        self.ds_config = load_ds_config(cfg, self.config_path, self.topo.world_size, self.precision)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.packing = cfg.data.packing and cfg.method.kind != "prefix"  # prefix tokens break the 4D mask
+        self.train_data, self.eval_data = self._data()
+        self._check_batches()
+        per_epoch = self.train_data.batches_per_epoch(cfg.run.micro_batch_size, self.topo.world_size)
+        self.steps_per_epoch = max(1, per_epoch // cfg.run.grad_accum)
+        self.total_steps = cfg.run.max_steps or math.ceil(cfg.run.epochs * self.steps_per_epoch)
+        self.model = build_model(cfg, self.ds_config)
+        self.engine = make_engine(self.model, cfg, self.ds_config, self.total_steps)
+        self.state = LoopState()
+        self.runlog = RunLog(self.out, self.topo, cfg, self.ds_config, self.model, self.total_steps)
+        if cfg.run.resume and (found := checkpoint.latest(self.ckpt_root)) is not None:
+            self.state = LoopState(**checkpoint.load(self.engine, found))
+            self.runlog.resumed(found, self.state.step)
+        trainable, total = count_parameters(self.model)
+        self.runlog.info(
+            f"{cfg.method.kind} training, {total:,} parameters ({trainable:,} trainable), world size "
+            f"{self.topo.world_size}, {self.precision}, ZeRO {self.engine.zero_optimization_stage()}, "
+            f"{self.total_steps} steps of {cfg.global_batch(self.topo.world_size)} sequences x {cfg.data.seq_len} tokens"
+        )
+
+    def _data(self):
+        """Rank 0 tokenizes and fills the cache, then the others read it. A data error on rank 0 is
+        shared with every rank, so they all stop with it instead of waiting at a barrier."""
+        cfg = self.cfg
+        cache = Path(cfg.data.cache_dir or self.out / "cache")
+        has_eval = cfg.data.eval is not None or cfg.data.eval_fraction > 0
+
+        def build():
+            train = build_data(cfg, self.tokenizer, split="train", packing=self.packing, cache_dir=cache)
+            evals = build_data(cfg, self.tokenizer, split="eval", packing=self.packing, cache_dir=cache) if has_eval else None
+            return train, evals
+
+        problems = [None]
+        if self.topo.rank == 0:
+            try:
+                result = build()
+            except ConfigError as e:
+                problems = [e.problems]
+        dist.broadcast_object_list(problems, src=0)
+        if problems[0] is not None:
+            raise ConfigError(problems[0])
+        return result if self.topo.rank == 0 else build()
+
+    def _check_batches(self) -> None:
+        run, world = self.cfg.run, self.topo.world_size
+        for key, data in (("train.data.train", self.train_data), ("train.data.eval", self.eval_data)):
+            if data is not None and data.batches_per_epoch(run.micro_batch_size, world) == 0:
+                raise ConfigError([f"{key}: {len(data)} sequences are fewer than one batch for every rank "
+                                   f"(micro_batch_size {run.micro_batch_size} x {world} processes)"])
+
+    def _to_device(self, batch: dict) -> dict:
+        batch = {k: v.to(self.topo.device, non_blocking=True) for k, v in batch.items()}
+        dtype = next(self.engine.module.parameters()).dtype
+        return for_attention(batch, self.cfg.model.attn_implementation, dtype)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def train(self) -> None:
+        self.setup()
+        cfg, state, engine = self.cfg, self.state, self.engine
+        batches = self._batches()
+        bar = progress_bar(self.topo, self.total_steps, state.step)
+        while state.step < self.total_steps and not state.stopped_early:
+            t0 = time.perf_counter()
+            loss_sum, data_wait = torch.zeros((), device=self.topo.device), 0.0
+            tokens = torch.zeros((), dtype=torch.long)
+            for _ in range(cfg.run.grad_accum):
+                t_data = time.perf_counter()
+                batch = next(batches)
+                data_wait += time.perf_counter() - t_data
+                tokens += (batch["labels"] != -100).sum()  # on the host copy: no device sync
+                loss = engine(**self._to_device(batch)).loss
+                engine.backward(loss)
+                engine.step()
+                loss_sum += loss.detach()
+            state.step += 1
+            self.runlog.step(state, loss_sum / cfg.run.grad_accum, tokens, time.perf_counter() - t0, data_wait, engine, bar)
+            is_last = state.step >= self.total_steps
+            if self.eval_data is not None and (is_last or (cfg.run.eval_every and state.step % cfg.run.eval_every == 0)):
+                self.evaluate()
+            if is_last or state.stopped_early or (cfg.run.save_every and state.step % cfg.run.save_every == 0):
+                self.save()
+            self.runlog.flush()
+            if self.stop.requested():
+                self.runlog.info(f"stop requested (SIGTERM): emergency checkpoint at step {state.step}")
+                self.save()
+                bar.close()
+                return
+        bar.close()
+        checkpoint.export(self.engine, self.engine.module, self.tokenizer, self.out / "final", self.topo.is_main)
+        self.runlog.finished(state)
+
+    def _batches(self):
+        """Micro batches forever, epoch after epoch, starting at the resumed position."""
+        cfg, topo, state = self.cfg, self.topo, self.state
+        while True:
+            stream = self.train_data.iter_batches(
+                state.epoch, state.position, rank=topo.rank, world_size=topo.world_size,
+                micro_batch_size=cfg.run.micro_batch_size, seed=cfg.run.seed,
+            )
+            for batch in stream:
+                state.position += 1
+                yield batch
+            state.epoch, state.position = state.epoch + 1, 0
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-weighted mean loss over every rank's eval shard; drives best model and early stopping."""
+        cfg, topo, engine = self.cfg, self.topo, self.engine
+        engine.eval()
+        totals = torch.zeros(2, dtype=torch.float64, device=topo.device)
+        stream = self.eval_data.iter_batches(
+            0, 0, rank=topo.rank, world_size=topo.world_size, micro_batch_size=cfg.run.micro_batch_size,
+            seed=cfg.run.seed,
+        )
+        for i, batch in enumerate(stream):
+            if cfg.run.eval_batches is not None and i >= cfg.run.eval_batches:
+                break
+            batch = self._to_device(batch)
+            n = (batch["labels"][:, 1:] != -100).sum()
+            totals += torch.stack([engine(**batch).loss.double() * n, n.double()])
+        dist.all_reduce(totals)
+        engine.train()
+        eval_loss = (totals[0] / totals[1].clamp(min=1)).item()
+        improved = self.state.record_eval(self.state.step, eval_loss, cfg.run.early_stopping)
+        self.runlog.eval(self.state, eval_loss, improved)
+        if improved:
+            checkpoint.export(self.engine, self.engine.module, self.tokenizer, self.out / "best", topo.is_main)
+        return eval_loss
+
+    def save(self) -> None:
+        seconds = checkpoint.save(
+            self.engine, self.ckpt_root, self.state.step, self.state.as_dict(),
+            keep_last=self.cfg.run.keep_last, protect=self.state.best_step,
+        )
+        self.runlog.checkpoint(self.state, seconds)

@@ -1,0 +1,215 @@
+"""Tokenized documents -> fixed-length sequences -> micro batches, sharded per rank and resumable.
+
+Storage is three [N, seq_len] arrays per split (memory-mapped from the cache):
+  tokens   int32  token ids (pad id on padding)
+  targets  bool   the token is a loss target (False on padding, prompts, and each document's first token)
+  docs     int32  document number inside the sequence, -1 on padding
+Position ids, labels and attention masks are derived per batch, which keeps the cache small.
+
+Packing on: documents are concatenated and cut every seq_len tokens; a document cut at a sequence end
+continues in the next sequence as a new document (positions restart). Packing off: one document per
+sequence, truncated to seq_len, right-padded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ARRAYS = ("tokens", "targets", "docs")
+
+
+def pack_documents(documents: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict:
+    """Concatenate (ids, targets) documents and cut the stream into rows of seq_len (last row padded)."""
+    ids = np.concatenate([d[0] for d in documents]).astype(np.int32)
+    targets = np.concatenate([d[1] for d in documents]).astype(bool)
+    lengths = np.array([len(d[0]) for d in documents])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    # The first token of a document is predicted from the previous document's end: never a target.
+    targets[starts] = False
+    doc_index = np.repeat(np.arange(len(documents), dtype=np.int64), lengths)
+    rows = -(-len(ids) // seq_len)
+    pad = rows * seq_len - len(ids)
+    ids = np.concatenate([ids, np.full(pad, pad_id, np.int32)]).reshape(rows, seq_len)
+    targets = np.concatenate([targets, np.zeros(pad, bool)]).reshape(rows, seq_len)
+    doc_index = np.concatenate([doc_index, np.full(pad, -1)]).reshape(rows, seq_len)
+    # Number documents from 0 inside each row (only equality matters; small numbers read better).
+    docs = np.where(doc_index >= 0, doc_index - doc_index[:, :1], -1).astype(np.int32)
+    return {"tokens": ids, "targets": targets, "docs": docs}
+
+
+def pad_documents(documents: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict:
+    """One document per row, truncated to seq_len and right-padded."""
+    rows = len(documents)
+    ids = np.full((rows, seq_len), pad_id, np.int32)
+    targets = np.zeros((rows, seq_len), bool)
+    docs = np.full((rows, seq_len), -1, np.int32)
+    for row, (doc_ids, doc_targets) in enumerate(documents):
+        n = min(len(doc_ids), seq_len)
+        ids[row, :n] = doc_ids[:n]
+        targets[row, :n] = doc_targets[:n]
+        targets[row, 0] = False
+        docs[row, :n] = 0
+    return {"tokens": ids, "targets": targets, "docs": docs}
+
+
+def block_causal_mask(docs: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, T] bool, True = may attend: causal and within the same document (padding with padding)."""
+    seq_len = docs.shape[1]
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+    return ((docs[:, :, None] == docs[:, None, :]) & causal)[:, None]
+
+
+def restarting_positions(docs: torch.Tensor) -> torch.Tensor:
+    """Position ids counting from 0 at the start of every document of a packed row."""
+    seq_len = docs.shape[1]
+    index = torch.arange(seq_len).expand_as(docs)
+    new_doc = torch.ones_like(docs, dtype=torch.bool)
+    new_doc[:, 1:] = docs[:, 1:] != docs[:, :-1]
+    starts = torch.where(new_doc, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - starts
+
+
+class TokenData(torch.utils.data.Dataset):
+    """The sequences of one split and the plan that turns them into micro batches.
+
+    Indexing by a micro batch's row numbers gives its batch dict, so a DataLoader can collate in workers.
+    """
+
+    def __init__(self, arrays: dict, *, packed: bool, pad_id: int, shuffle: bool, num_workers: int = 0,
+                 path: Path | None = None):
+        self.tokens, self.targets, self.docs = (arrays[name] for name in ARRAYS)
+        self.packed, self.pad_id, self.shuffle, self.num_workers = packed, pad_id, shuffle, num_workers
+        self.path = path
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens that are not padding."""
+        return int((np.asarray(self.docs) >= 0).sum())
+
+    @property
+    def num_targets(self) -> int:
+        return int(np.asarray(self.targets).sum())
+
+    # ---- the plan -------------------------------------------------------------------------------------
+
+    def batches_per_epoch(self, micro_batch_size: int, world_size: int) -> int:
+        """Micro batches per rank per epoch, the same on every rank (the remainder is dropped)."""
+        return len(self) // (micro_batch_size * world_size)
+
+    def epoch_order(self, epoch: int, seed: int) -> np.ndarray:
+        """Row order of an epoch: a fresh permutation per (seed, epoch) for training, file order for eval."""
+        if not self.shuffle:
+            return np.arange(len(self))
+        return np.random.default_rng([seed, epoch]).permutation(len(self))
+
+    def batch_rows(self, epoch: int, *, rank: int, world_size: int, micro_batch_size: int,
+                   seed: int) -> list[np.ndarray]:
+        """Rows of each of this rank's micro batches, in order. Step k of all ranks together covers
+        rows k*W*B .. (k+1)*W*B of the epoch order, rank r the r-th slice of it."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        count = self.batches_per_epoch(micro_batch_size, world_size)
+        order = self.epoch_order(epoch, seed)
+        per_step = micro_batch_size * world_size
+        return [order[k * per_step + rank * micro_batch_size:][:micro_batch_size] for k in range(count)]
+
+    def iter_batches(self, epoch: int, start: int = 0, *, rank: int, world_size: int, micro_batch_size: int,
+                     seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's micro batches of `epoch`, skipping the first `start` (resume) without building them."""
+        rows = self.batch_rows(epoch, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size,
+                               seed=seed)[start:]
+        if self.num_workers == 0 or not rows:
+            return (self[r] for r in rows)
+        loader = torch.utils.data.DataLoader(
+            _Sequence(self, rows), batch_size=None, shuffle=False, num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+        return iter(loader)
+
+    # ---- batches --------------------------------------------------------------------------------------
+
+    def __getitem__(self, rows) -> dict[str, torch.Tensor]:
+        rows = np.atleast_1d(rows)
+        tokens = torch.from_numpy(np.asarray(self.tokens[rows], dtype=np.int64))
+        targets = torch.from_numpy(np.asarray(self.targets[rows], dtype=bool))
+        docs = torch.from_numpy(np.asarray(self.docs[rows], dtype=np.int64))
+        labels = torch.where(targets, tokens, torch.full_like(tokens, -100))
+        if self.packed:
+            return {"input_ids": tokens, "labels": labels, "position_ids": restarting_positions(docs),
+                    "attention_mask": block_causal_mask(docs)}
+        return {"input_ids": tokens, "labels": labels,
+                "position_ids": torch.arange(self.seq_len).expand_as(tokens).clone(),
+                "attention_mask": (docs >= 0).long()}
+
+    # ---- cache ----------------------------------------------------------------------------------------
+
+    def save(self, directory: Path, meta: dict) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ARRAYS:
+            np.save(directory / f"{name}.npy", np.asarray(getattr(self, name)))
+        meta = {**meta, "packed": self.packed, "pad_id": self.pad_id, "rows": len(self)}
+        (directory / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+    @classmethod
+    def load(cls, directory: Path, *, shuffle: bool, num_workers: int = 0) -> TokenData:
+        meta = json.loads((directory / "meta.json").read_text())
+        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        return cls(arrays, packed=meta["packed"], pad_id=meta["pad_id"], shuffle=shuffle,
+                   num_workers=num_workers, path=directory)
+
+    def __getstate__(self):
+        # Workers started by spawn/forkserver re-open the memory map instead of copying the arrays.
+        state = dict(self.__dict__)
+        if self.path is not None:
+            for name in ARRAYS:
+                state.pop(name)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.path is not None:
+            for name in ARRAYS:
+                setattr(self, name, np.load(self.path / f"{name}.npy", mmap_mode="r"))
+
+
+class _Sequence(torch.utils.data.Dataset):
+    """A list of micro batches for a DataLoader with batch_size=None (item i = batch dict i)."""
+
+    def __init__(self, data: TokenData, rows: list[np.ndarray]):
+        self.data, self.rows = data, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.data[self.rows[i]]
+
+
+def for_attention(batch: dict[str, torch.Tensor], attn_implementation: str, dtype: torch.dtype) -> dict:
+    """Adapt a batch's mask to the model's attention kernel (measured with transformers 5.24 Llama).
+
+    sdpa takes the 4D boolean mask as is (True = attend). eager adds the mask to the scores, so a boolean
+    one would be wrong: it gets an additive float mask. flash_attention_2 takes no 4D mask; without a mask
+    its varlen path splits documents where the position ids restart at 0.
+    """
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 4 or attn_implementation == "sdpa":
+        return batch
+    if attn_implementation == "eager":
+        additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return {**batch, "attention_mask": additive.masked_fill_(~mask, torch.finfo(dtype).min)}
+    if attn_implementation == "flash_attention_2":
+        return {name: value for name, value in batch.items() if name != "attention_mask"}
+    raise ValueError(f"model.attn_implementation {attn_implementation!r} has no packed-mask adapter")
