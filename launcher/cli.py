@@ -113,5 +113,12 @@ def main() -> None:
     cli(prog_name="llmlaunch")
 
 
+if __name__ != "__main__":  # `python -m launcher.cli` runs the package module's main() below
+    from launcher.cli_cluster import register as register_cluster_commands
+
+    register_cluster_commands(cli)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from launcher.cli import main as package_main
+
+    sys.exit(package_main())

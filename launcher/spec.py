@@ -8,29 +8,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from launcher.cluster_spec import ClusterSpec
 from trainer.config import ConfigError, TrainConfig, describe_validation_error
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 40  # leaves room for the longest suffix we append (e.g. "-worker-12345" and pod hashes)
-
-
-class ClusterSpec(BaseModel):
-    """Where the job runs on Kubernetes. Ignored by local runs except nodes / gpus_per_node defaults."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    nodes: int = Field(1, ge=1, description="Pods (one torchrun agent each): 1 master + nodes-1 workers.")
-    gpus_per_node: int = Field(0, ge=0, description="GPUs per pod; also torchrun's nproc_per_node (0 = one CPU process).")
-    image: str = Field("ghcr.io/llmlaunch/trainer:0.1.0", description="Container image with llmlaunch's trainer.")
-    namespace: str = Field("default", description="Namespace of every object.")
-    api: Literal["pytorchjob", "trainjob"] = Field(
-        "pytorchjob", description="pytorchjob: Kubeflow training operator v1; trainjob: Kubeflow Trainer v2."
-    )
 
 
 class JobSpec(BaseModel):
@@ -114,4 +101,6 @@ def load_job(path: str | Path, overrides: list[str] = (), resolve_paths: bool = 
     try:
         return JobSpec.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(describe_validation_error(e)) from e
+        # A section-level rule already names its full key: "cluster: cluster.nodes ..." -> "cluster.nodes ..."
+        lines = [re.sub(r"^(\w+): \1\.", r"\1.", line) for line in describe_validation_error(e)]
+        raise ConfigError(lines) from e

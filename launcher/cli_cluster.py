@@ -1,0 +1,260 @@
+"""Cluster commands: init, render, submit, status, list, logs, delete.
+
+`render` and `init` never import the kubernetes client; the others import it (through launcher.kube)
+only when they run. Errors: bad input -> ConfigError (exit 2), cluster problems -> RuntimeFailure
+(exit 1), each one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from launcher.cli import RuntimeFailure, job_file, report_errors, set_option
+from trainer.config import ConfigError
+
+
+def examples_dir() -> Path:
+    here = Path(__file__).resolve().parent.parent / "examples"
+    if here.is_dir():
+        return here
+    from importlib.resources import files
+
+    return Path(str(files("llmlaunch_data") / "examples"))
+
+
+def _job_options(fn):
+    """--nodes/--gpus-per-node/--image/--namespace/--set: shortcuts for cluster.* keys of the job file."""
+    for option in reversed([
+        click.option("--nodes", type=click.IntRange(min=1), help="Pods (cluster.nodes)."),
+        click.option("--gpus-per-node", type=click.IntRange(min=0), help="GPUs per pod (cluster.gpus_per_node)."),
+        click.option("--image", help="Container image (cluster.image)."),
+        click.option("-n", "--namespace", help="Namespace (cluster.namespace)."),
+        set_option,
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _cluster_options(fn):
+    fn = click.option("--context", help="kubeconfig context (default: its current context).")(fn)
+    return click.option("--kubeconfig", type=click.Path(dir_okay=False),
+                        help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).")(fn)
+
+
+output_option = click.option("-o", "--output", "output", type=click.Choice(["text", "json", "yaml"]),
+                             default="text", show_default=True, help="Output format.")
+
+
+def load_cluster_job(path: str, overrides, nodes, gpus_per_node, image, namespace):
+    """The job file with the flags applied as cluster.* overrides; paths stay as written (pod paths)."""
+    from launcher.spec import load_job
+
+    flags = {"nodes": nodes, "gpus_per_node": gpus_per_node, "image": image, "namespace": namespace}
+    # json.dumps: a JSON string is a YAML string, so the flag's value is taken literally.
+    extra = [f"cluster.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    return load_job(path, [*overrides, *extra], resolve_paths=False)
+
+
+@contextlib.contextmanager
+def cluster_errors():
+    from launcher.kube import KubeError
+
+    try:
+        yield
+    except KubeError as e:
+        raise RuntimeFailure(str(e)) from e
+
+
+def connect(kubeconfig, context):
+    from launcher.kube import Cluster
+
+    with cluster_errors():
+        return Cluster(kubeconfig, context)
+
+
+def emit(data, output: str, text: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    elif output == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+    else:
+        click.echo(text)
+
+
+@click.command()
+@click.argument("path", type=click.Path(dir_okay=False), default="job.yaml")
+@click.option("--example", default="tiny", show_default=True, help="Example to start from (see --list).")
+@click.option("--list", "list_only", is_flag=True, help="List the examples and exit.")
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@report_errors
+def init(path: str, example: str, list_only: bool, force: bool) -> None:
+    """Write a documented starter job file (default ./job.yaml)."""
+    available = sorted(p.stem for p in examples_dir().glob("*.yaml"))
+    if list_only:
+        click.echo("\n".join(available))
+        return
+    if example not in available:
+        raise ConfigError([f"--example: no example {example!r}; choose one of {', '.join(available)}"])
+    target = Path(path)
+    if target.exists() and not force:
+        raise ConfigError([f"{path}: already exists (use --force to overwrite)"])
+    source = examples_dir() / f"{example}.yaml"
+    shutil.copyfile(source, target)
+    click.echo(f"wrote {path} (from example {example}); check it with: llmlaunch validate {path}")
+    if target.resolve().parent != source.parent:
+        click.echo(f"note: relative paths in it (data, tokenizer) are read relative to {path}; the example's "
+                   f"own data lives in {source.parent}", err=True)
+
+
+@click.command()
+@job_file
+@_job_options
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Write one file per object here.")
+@report_errors
+def render(job_file, nodes, gpus_per_node, image, namespace, overrides, output_dir) -> None:
+    """Print the job's Kubernetes manifests (a YAML stream), or write them to a directory."""
+    from launcher import render as rendering
+
+    spec = load_cluster_job(job_file, overrides, nodes, gpus_per_node, image, namespace)
+    objects = rendering.render(spec)
+    if output_dir:
+        for path in rendering.write_dir(objects, Path(output_dir)):
+            click.echo(str(path))
+    else:
+        sys.stdout.write(rendering.to_yaml_stream(objects))
+
+
+@click.command()
+@job_file
+@_job_options
+@_cluster_options
+@click.option("--dry-run", type=click.Choice(["none", "client", "server"]), default="none", show_default=True,
+              help="client: print what would be created; server: let the API server validate, create nothing.")
+@click.option("--wait", is_flag=True, help="Follow the job until it runs, succeeds or fails.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=900, show_default=True, help="Seconds --wait waits.")
+@report_errors
+def submit(job_file, nodes, gpus_per_node, image, namespace, overrides, kubeconfig, context, dry_run, wait, timeout):
+    """Create the job on the cluster (nothing is left behind if that fails halfway)."""
+    from launcher import render as rendering
+
+    spec = load_cluster_job(job_file, overrides, nodes, gpus_per_node, image, namespace)
+    objects = rendering.render(spec)
+    if dry_run == "client":
+        for obj in objects:
+            click.echo(f"{obj['kind'].lower()}/{obj['metadata']['name']} created (dry run)")
+        return
+    from launcher import jobs
+    from launcher.kube import KINDS
+
+    cluster = connect(kubeconfig, context)
+    with cluster_errors():
+        jobs.submit(cluster, objects, dry_run=dry_run == "server", echo=click.echo)
+        if dry_run == "server":
+            return
+        ns = spec.cluster.namespace
+        click.echo(f"follow it: llmlaunch status {spec.name} -n {ns}; llmlaunch logs {spec.name} -n {ns} -f")
+        if wait:
+            jobs.wait(cluster, KINDS[objects[-1]["kind"]], ns, spec.name, timeout, click.echo)
+
+
+def _namespace(cluster, namespace):
+    return namespace or cluster.namespace
+
+
+@click.command()
+@click.argument("name")
+@click.option("-n", "--namespace", help="Namespace (default: the context's).")
+@_cluster_options
+@output_option
+@report_errors
+def status(name, namespace, kubeconfig, context, output):
+    """Show a job's state as its operator reports it."""
+    from launcher import job_status, jobs
+
+    cluster = connect(kubeconfig, context)
+    with cluster_errors():
+        _, obj = jobs.find_job(cluster, _namespace(cluster, namespace), name)
+    summary = job_status.summary(obj)
+    emit(summary, output, job_status.describe(summary))
+
+
+@click.command("list")
+@click.option("-n", "--namespace", help="Namespace (default: the context's).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Jobs of every namespace.")
+@_cluster_options
+@output_option
+@report_errors
+def list_(namespace, all_namespaces, kubeconfig, context, output):
+    """List the jobs llmlaunch created."""
+    from launcher import jobs
+
+    cluster = connect(kubeconfig, context)
+    with cluster_errors():
+        rows = jobs.list_jobs(cluster, None if all_namespaces else _namespace(cluster, namespace))
+    table = [("NAMESPACE", "NAME", "KIND", "STATE", "NODES", "CREATED")]
+    table += [(r["namespace"], r["name"], r["kind"], r["state"], str(r["nodes"]), r["created"] or "-") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+    emit(rows, output, text if rows else "no llmlaunch jobs found")
+
+
+@click.command()
+@click.argument("name")
+@click.option("-n", "--namespace", help="Namespace (default: the context's).")
+@click.option("--node", type=click.IntRange(min=0), default=0, show_default=True, help="Node (pod) index; 0 = master.")
+@click.option("-f", "--follow", is_flag=True, help="Stream new lines until the pod ends.")
+@click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines.")
+@_cluster_options
+@report_errors
+def logs(name, namespace, node, follow, tail, kubeconfig, context):
+    """Print the logs of one node of a job."""
+    from launcher import job_status, jobs
+    from launcher.kube import KubeError
+
+    cluster = connect(kubeconfig, context)
+    ns = _namespace(cluster, namespace)
+    with cluster_errors():
+        kind, job = jobs.find_job(cluster, ns, name)
+        count = job_status.nodes_of(job)
+        if node >= count:
+            raise ConfigError([f"--node: job {name} has {count} node(s), 0 to {count - 1} (got {node})"])
+        pod = jobs.node_pod(cluster, kind, job, node)
+        container = "node" if kind.kind == "TrainJob" else "pytorch"
+        pod_name = pod["metadata"]["name"]
+        if not pod["spec"].get("nodeName"):
+            phase = (pod.get("status") or {}).get("phase", "Pending")
+            raise KubeError(f"pod {ns}/{pod_name} of node {node} is not scheduled yet (phase {phase}): no logs to show")
+        try:
+            for chunk in cluster.log_stream(ns, pod_name, container, follow, tail):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+        except KubeError as e:
+            raise KubeError(f"cannot read the logs of pod {ns}/{pod_name}: {e}", e.status) from e
+
+
+@click.command()
+@click.argument("name")
+@click.option("-n", "--namespace", help="Namespace (default: the context's).")
+@click.option("--keep-data", is_flag=True, help="Keep the PersistentVolumeClaim the submit created.")
+@_cluster_options
+@report_errors
+def delete(name, namespace, keep_data, kubeconfig, context):
+    """Delete a job and everything its submit created."""
+    from launcher import jobs
+
+    cluster = connect(kubeconfig, context)
+    with cluster_errors():
+        jobs.delete_job(cluster, _namespace(cluster, namespace), name, keep_data, click.echo)
+
+
+def register(group: click.Group) -> None:
+    for command in (init, render, submit, status, list_, logs, delete):
+        group.add_command(command)

@@ -1,0 +1,141 @@
+"""Job operations on a cluster: submit (all or nothing), wait, find, delete, pick a node's pod.
+
+Each takes a kube.Cluster and raises KubeError with one line naming the object and the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from launcher import job_status, names
+from launcher.kube import JOB_KINDS, KINDS, Cluster, Kind, KubeError
+
+Echo = Callable[[str], None]
+
+
+def ref(obj: dict[str, Any]) -> str:
+    return f"{obj['kind'].lower()}/{obj['metadata']['name']}"
+
+
+def check_installed(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
+    """Refuse early, with the install hint, when a kind's CRD is not on the cluster."""
+    kinds = list({o["kind"]: KINDS[o["kind"]] for o in objects}.values())
+    for kind in cluster.missing_kinds(kinds):
+        raise KubeError(f"the cluster at {cluster.host} does not serve {kind.kind} ({kind.api_version}): {kind.install_hint}")
+
+
+def _create_error(obj: dict[str, Any], job: str, e: KubeError) -> str:
+    ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    what = f"{obj['kind'].lower()} {ns}/{name}"
+    if e.status == 409:
+        return f"{what} already exists: remove the old job (llmlaunch delete {job} -n {ns}) or choose another name"
+    if e.status == 404 and e.details_kind == "namespaces":
+        return f"namespace {ns} does not exist: create it (kubectl create namespace {ns}) or set cluster.namespace"
+    return f"cannot create {what}: {e}"
+
+
+def submit(cluster: Cluster, objects: list[dict[str, Any]], dry_run: bool, echo: Echo) -> None:
+    """Create the objects in order; if one fails, delete the ones already created, then raise."""
+    check_installed(cluster, objects)
+    job = objects[-1]["metadata"]["name"]
+    created: list[dict[str, Any]] = []
+    for obj in objects:
+        try:
+            cluster.create(obj, dry_run=dry_run)
+        except KubeError as e:
+            message = _create_error(obj, job, e)
+            undone, left = rollback(cluster, created)
+            if undone:
+                message += f" (removed what this submit created: {', '.join(undone)})"
+            if left:
+                message += f" (could not remove {', '.join(left)}: delete them by hand)"
+            raise KubeError(message, e.status, e.reason) from e
+        if not dry_run:
+            created.append(obj)
+        echo(f"{ref(obj)} created" + (" (server dry run)" if dry_run else ""))
+
+
+def rollback(cluster: Cluster, created: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    undone, left = [], []
+    for obj in reversed(created):
+        try:
+            cluster.delete(KINDS[obj["kind"]], obj["metadata"]["namespace"], obj["metadata"]["name"])
+            undone.append(ref(obj))
+        except KubeError:
+            left.append(ref(obj))
+    return undone, left
+
+
+def find_job(cluster: Cluster, namespace: str, name: str) -> tuple[Kind, dict[str, Any]]:
+    """The PyTorchJob or TrainJob called `name` (whichever API the cluster serves)."""
+    served = [k for k in JOB_KINDS if k not in cluster.missing_kinds([k])]
+    if not served:
+        raise KubeError(f"the cluster at {cluster.host} serves neither PyTorchJob nor TrainJob: {JOB_KINDS[0].install_hint}")
+    for kind in served:
+        obj = cluster.get(kind, namespace, name)
+        if obj is not None:
+            return kind, obj
+    raise KubeError(f"no job {name} in namespace {namespace} (llmlaunch list -n {namespace} shows the jobs there)")
+
+
+def wait(cluster: Cluster, kind: Kind, namespace: str, name: str, timeout: float, echo: Echo,
+         interval: float = 2.0) -> dict[str, Any]:
+    """Follow the job's conditions until it runs, succeeds or fails; fail on Failed or timeout."""
+    deadline, last = time.monotonic() + timeout, None
+    while True:
+        obj = cluster.get(kind, namespace, name)
+        if obj is None:
+            raise KubeError(f"{kind.kind.lower()} {namespace}/{name} was deleted while waiting for it")
+        state, message = job_status.job_state(obj)
+        if state != last:
+            echo(f"{kind.kind.lower()}/{name}: {state}" + (f" ({message})" if message else ""))
+            last = state
+        if state == "Failed":
+            raise KubeError(f"{kind.kind.lower()} {namespace}/{name} failed: {message or 'no message from the operator'}")
+        if state in job_status.STARTED:
+            return obj
+        if time.monotonic() >= deadline:
+            raise KubeError(f"timed out after {timeout:g} s waiting for {kind.kind.lower()} {namespace}/{name} to run (state {state})")
+        time.sleep(interval)
+
+
+def list_jobs(cluster: Cluster, namespace: str | None) -> list[dict[str, Any]]:
+    """Summaries of the jobs llmlaunch created, oldest first; namespace None = all namespaces."""
+    served = [k for k in JOB_KINDS if k not in cluster.missing_kinds([k])]
+    if not served:
+        raise KubeError(f"the cluster at {cluster.host} serves neither PyTorchJob nor TrainJob: {JOB_KINDS[0].install_hint}")
+    items = [obj for kind in served for obj in cluster.list(kind, namespace, f"{names.MANAGED_BY_LABEL}=llmlaunch")]
+    items.sort(key=lambda o: (o["metadata"].get("creationTimestamp") or "", o["metadata"]["name"]))
+    return [job_status.summary(o) for o in items]
+
+
+def delete_job(cluster: Cluster, namespace: str, name: str, keep_data: bool, echo: Echo) -> None:
+    """Remove the job and every object its submit created (found by llmlaunch's labels)."""
+    kinds = [k for k in (*JOB_KINDS, KINDS["PodMonitor"]) if k not in cluster.missing_kinds([k])]
+    kinds += [KINDS["NetworkPolicy"], KINDS["ConfigMap"]] + ([] if keep_data else [KINDS["PersistentVolumeClaim"]])
+    found = [(k, o) for k in kinds for o in cluster.list(k, namespace, names.selector(name))
+             if not o["metadata"].get("deletionTimestamp")]  # already going (e.g. a PVC still in use)
+    if not found:
+        raise KubeError(f"no job {name} in namespace {namespace}: nothing to delete")
+    for kind, obj in found:
+        try:
+            cluster.delete(kind, namespace, obj["metadata"]["name"])
+        except KubeError as e:
+            if e.status != 404:  # already gone is what we want
+                raise KubeError(f"cannot delete {kind.kind.lower()} {namespace}/{obj['metadata']['name']}: {e}") from e
+        echo(f"{kind.kind.lower()}/{obj['metadata']['name']} deleted")
+
+
+def node_pod(cluster: Cluster, kind: Kind, job: dict[str, Any], node: int) -> dict[str, Any]:
+    """The newest pod running node `node` (0 = the master) of the job."""
+    meta = job["metadata"]
+    elastic = bool((job.get("spec") or {}).get("elasticPolicy"))
+    labels = names.node_pod_labels(kind.kind.lower(), meta["name"], node, elastic)
+    selector = ",".join(f"{k}={v}" for k, v in labels.items())
+    pods = cluster.list(KINDS["Pod"], meta["namespace"], selector)
+    if not pods:
+        state, _ = job_status.job_state(job)
+        raise KubeError(f"job {meta['namespace']}/{meta['name']} has no pod for node {node} yet (job state {state}); "
+                        "the operator creates pods once the job is admitted")
+    return max(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))

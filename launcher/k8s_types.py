@@ -1,0 +1,109 @@
+"""Kubernetes value types for the job file: quantities, names, labels, env names.
+
+Each type checks what the API server would reject, so a bad value fails at `llmlaunch validate`
+with the key named, not later as a server error about a half-created job.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator
+
+# The API server's own patterns (apimachinery validation).
+QUANTITY = re.compile(r"^[+]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+CAPABILITY = re.compile(r"^[A-Z_]+$")
+
+
+def _scalar_to_str(value: Any) -> Any:
+    """YAML reads `cpu: 8` or `NCCL_IB_TIMEOUT: 22` as numbers; Kubernetes wants strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def _quantity(value: str) -> str:
+    if not QUANTITY.match(value):
+        raise ValueError(f"not a Kubernetes quantity such as 8, 500m, 64Gi")
+    return value
+
+
+def _dns_label(value: str) -> str:
+    if len(value) > 63 or not DNS1123_LABEL.match(value):
+        raise ValueError(f"must be a DNS-1123 label: lowercase letters, digits, '-', at most 63")
+    return value
+
+
+def _dns_subdomain(value: str) -> str:
+    if len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
+        raise ValueError(f"must be a DNS-1123 name: lowercase letters, digits, '-' and '.'")
+    return value
+
+
+def check_label_key(key: str) -> str:
+    """`prefix/name` or `name`, as labels, annotations, node selectors and resource names use."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
+        raise ValueError(f"key {key!r}: prefix must be a DNS-1123 subdomain")
+    if len(name) > 63 or not LABEL_NAME.match(name):
+        raise ValueError(f"key {key!r}: name part must be at most 63 letters, digits, '-', '_', '.'")
+    return key
+
+
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    for key, val in value.items():
+        check_label_key(key)
+        if len(val) > 63 or not LABEL_VALUE.match(val):
+            raise ValueError(f"value of {key!r} must be at most 63 letters, digits, '-', '_', '.' (got {val!r})")
+    return value
+
+
+def _annotations(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        check_label_key(key)
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not ENV_NAME.match(value):
+        raise ValueError(f"not an environment variable name")
+    return value
+
+
+def _duration(value: str) -> str:
+    if not value or not DURATION.match(value):
+        raise ValueError(f"not a Prometheus duration such as 15s or 1m")
+    return value
+
+
+def _capability(value: str) -> str:
+    if not CAPABILITY.match(value):
+        raise ValueError(f"not a Linux capability name such as IPC_LOCK")
+    return value
+
+
+def _str_dict(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scalar_to_str(v) for k, v in value.items()}
+    return value
+
+
+Quantity = Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(_quantity)]
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+DnsName = Annotated[str, AfterValidator(_dns_subdomain)]
+ResourceName = Annotated[str, AfterValidator(check_label_key)]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+Duration = Annotated[str, AfterValidator(_duration)]
+Capability = Annotated[str, AfterValidator(_capability)]
+Labels = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_labels)]
+Annotations = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_annotations)]
+StrDict = Annotated[dict[str, str], BeforeValidator(_str_dict)]

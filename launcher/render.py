@@ -1,0 +1,216 @@
+"""JobSpec -> Kubernetes objects, through the Jinja templates in k8s/.
+
+Python computes every value (pod_values.py); the templates only lay out structure, and every value
+enters them through |tojson, which writes a quoted YAML scalar or a flow collection, so no string a
+user writes can add, remove or change YAML structure. The same spec always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launcher import names, pod_values
+from launcher.spec import JobSpec
+from trainer.config import ConfigError
+from trainer.ds_config import build_ds_config, resolve_precision
+
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def templates_dir() -> Path:
+    """k8s/ next to the source tree, or inside the installed wheel."""
+    here = Path(__file__).resolve().parent.parent / "k8s"
+    if here.is_dir():
+        return here
+    from importlib.resources import files
+
+    return Path(str(files("llmlaunch_data") / "k8s"))
+
+
+def _quote(text: str) -> str:
+    """A double-quoted YAML scalar holding exactly `text`: printable ASCII stays, all else is escaped."""
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def to_yaml_value(value: Any) -> str:
+    """The |tojson filter: any JSON-like value as one YAML flow node (bools, numbers, strings, lists, maps)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return _quote(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_quote(str(k))}: {to_yaml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(to_yaml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {type(value).__name__} into a manifest")
+
+
+def _bytecode_cache():
+    """Compiled templates are cached per machine: compiling them costs more than rendering (~0.1 s)."""
+    import os
+
+    import jinja2
+
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmlaunch" / "jinja"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: compile every time
+    return jinja2.FileSystemBytecodeCache(str(root))
+
+
+@functools.cache
+def environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        bytecode_cache=_bytecode_cache(),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["tojson"] = to_yaml_value
+    # A macro's block, re-indented under the line it starts on.
+    env.filters["nest"] = lambda text, width: jinja2.filters.do_indent(str(text).strip(), width)
+    return env
+
+
+def pod_precision(spec: JobSpec) -> str | None:
+    """Precision written into ds_config.json. auto on GPU pods stays for the pod to decide (bf16 if
+    its GPU has it, else fp16); CPU pods are always fp32; an explicit choice is checked here."""
+    has_gpu = spec.cluster.gpus_per_node > 0
+    if spec.train.precision == "auto":
+        return None if has_gpu else "fp32"
+    return resolve_precision(spec.train.precision, has_gpu=has_gpu)
+
+
+def config_files(spec: JobSpec) -> dict[str, str]:
+    """The ConfigMap's two files: the resolved train.yaml and ds_config.json."""
+    c, train = spec.cluster, spec.train
+    world = c.nodes * c.procs_per_node
+    if c.elastic is None:
+        try:
+            train.check_world_size(world)
+        except ValueError as e:
+            raise ConfigError([f"train.run.global_batch_size: {e}"]) from e
+    elif train.run.global_batch_size is not None:
+        raise ConfigError(["train.run.global_batch_size: cannot be fixed with cluster.elastic (the world size changes)"])
+    ds = build_ds_config(train, world_size=world, precision=pod_precision(spec))
+    if c.elastic is not None:
+        ds.pop("train_batch_size", None)  # DeepSpeed derives it from micro x accum x the actual world size
+    return {"train.yaml": train.to_yaml(), "ds_config.json": json.dumps(ds, indent=2, sort_keys=True) + "\n"}
+
+
+def check_ports(spec: JobSpec) -> None:
+    port = spec.train.metrics.port
+    taken = {pod_values.PYTORCHJOB_PORT: "the PyTorchJob rendezvous port", pod_values.TRAINJOB_PORT: "the TrainJob rendezvous port"}
+    if spec.train.metrics.enabled and port in taken:
+        raise ConfigError([f"train.metrics.port: {port} is {taken[port]}; choose another"])
+
+
+def _meta(spec: JobSpec, name: str, component: str, extra_labels: dict | None = None) -> dict[str, Any]:
+    return {"name": name, "namespace": spec.cluster.namespace,
+            "labels": {**names.common_labels(spec, component), **(extra_labels or {})},
+            "annotations": dict(spec.cluster.annotations)}
+
+
+def documents(spec: JobSpec) -> list[str]:
+    """The rendered template text of each object, in creation order (the job last)."""
+    names.check_names(spec)
+    check_ports(spec)
+    env, c, name = environment(), spec.cluster, spec.name
+    docs = [env.get_template("configmap.yaml.j2").render(meta=_meta(spec, names.config_map(name), "config"),
+                                                         files=config_files(spec))]
+    if c.storage.size:
+        docs.append(env.get_template("pvc.yaml.j2").render(
+            meta=_meta(spec, names.data_claim(name), "storage"), size=c.storage.size,
+            storage_class=c.storage.storage_class, access_mode=c.storage.access_mode))
+    if c.network.policy:
+        docs.append(env.get_template("networkpolicy.yaml.j2").render(
+            meta=_meta(spec, names.network_policy(name), "network"), pod_selector=names.pod_selector(spec),
+            metrics_port=spec.train.metrics.port if spec.train.metrics.enabled else None))
+    if spec.train.metrics.enabled and c.monitoring.pod_monitor:
+        docs.append(env.get_template("podmonitor.yaml.j2").render(
+            meta=_meta(spec, names.pod_monitor(name), "monitoring", c.monitoring.labels),
+            pod_selector=names.pod_selector(spec), interval=c.monitoring.interval,
+            port_name="metrics" if c.api == "pytorchjob" else None, port_number=spec.train.metrics.port))
+    queue = {names.KUEUE_QUEUE_LABEL: c.scheduling.queue} if c.scheduling.queue else {}
+    job_meta = _meta(spec, name, "job", queue)
+    pod = pod_values.pod(spec)
+    if c.api == "trainjob":
+        docs.append(env.get_template("trainjob.yaml.j2").render(
+            meta=job_meta, pod=pod, runtime=c.runtime, run_policy=c.run_policy, nodes=c.nodes,
+            nproc_per_node=c.procs_per_node, replicated_job=names.TRAINJOB_REPLICATED_JOB))
+    else:
+        docs.append(env.get_template("pytorchjob.yaml.j2").render(
+            meta=job_meta, pod=pod, nproc_per_node=str(c.procs_per_node), elastic=c.elastic,
+            run_policy=c.run_policy, replicas=replicas(spec),
+            min_available=(c.elastic.min_nodes if c.elastic else c.nodes) if c.scheduling.scheduler_name else None))
+    return docs
+
+
+def replicas(spec: JobSpec) -> list[dict[str, Any]]:
+    """Master (1) + Worker (nodes-1); an elastic job has only Workers, which the operator scales."""
+    c = spec.cluster
+    if c.elastic is not None:
+        return [{"type": "Worker", "count": c.nodes}]
+    return [{"type": "Master", "count": 1}] + ([{"type": "Worker", "count": c.nodes - 1}] if c.nodes > 1 else [])
+
+
+def render(spec: JobSpec) -> list[dict[str, Any]]:
+    """The job's Kubernetes objects, in creation order."""
+    return [yaml.load(doc, Loader=LOADER) for doc in documents(spec)]
+
+
+class _BlockDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml's emitter when present: faster
+    """Multi-line strings (train.yaml, ds_config.json) as literal blocks, so a diff is readable."""
+
+
+_BlockDumper.add_representer(
+    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+)
+
+
+def to_yaml(obj: dict[str, Any]) -> str:
+    return yaml.dump(obj, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False, width=10_000)
+
+
+def to_yaml_stream(objects: list[dict[str, Any]]) -> str:
+    return "".join(f"---\n{to_yaml(obj)}" for obj in objects)
+
+
+def file_name(index: int, obj: dict[str, Any]) -> str:
+    return f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+
+
+def write_dir(objects: list[dict[str, Any]], directory: Path) -> list[Path]:
+    """One file per object, numbered in creation order (so `kubectl apply -f DIR` keeps the order)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, obj in enumerate(objects):
+        path = directory / file_name(i, obj)
+        path.write_text(to_yaml(obj))
+        paths.append(path)
+    return paths

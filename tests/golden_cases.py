@@ -1,0 +1,27 @@
+"""The job files every manifest test renders: each example as written, plus a few variants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launcher.spec import JobSpec, load_job
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+VARIANTS = {  # name -> (example, overrides)
+    "tiny-4nodes": ("tiny", ["cluster.nodes=4"]),
+    "tiny-trainjob": ("tiny", ["cluster.api=trainjob", "cluster.nodes=2", "cluster.storage.size=10Gi"]),
+    "tiny-elastic": ("tiny", ["cluster.nodes=2", "cluster.elastic={min_nodes: 1, max_nodes: 3}"]),
+}
+
+
+def cases() -> dict[str, tuple[Path, list[str]]]:
+    out = {p.stem: (p, []) for p in sorted(EXAMPLES.glob("*.yaml"))}
+    out.update({name: (EXAMPLES / f"{example}.yaml", sets) for name, (example, sets) in VARIANTS.items()})
+    return out
+
+
+def load_case(name: str) -> JobSpec:
+    path, overrides = cases()[name]
+    return load_job(path, overrides, resolve_paths=False)
