@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
 
-import click
+# pydantic looks up plugins through every installed distribution's entry points on import (~40 ms);
+# llmlaunch uses none, and the CLI's start-up is part of every command's latency.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from trainer.config import ConfigError
+import click  # noqa: E402
+
+from trainer.config import ConfigError  # noqa: E402
 
 USAGE_ERROR = 2  # bad job file, flag or value
 RUNTIME_ERROR = 1  # the cluster or the training run failed
