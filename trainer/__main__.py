@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
         from trainer.preflight import run_preflight
 
-        precision = run_preflight(cfg, int(os.environ.get("WORLD_SIZE", 1)), has_gpu=torch.cuda.is_available())
+        has_gpu = torch.cuda.is_available()
+        precision = run_preflight(cfg, int(os.environ.get("WORLD_SIZE", 1)), has_gpu=has_gpu,
+                                  gpu_has_bf16=has_gpu and torch.cuda.is_bf16_supported())
         from trainer.loop import Trainer
 
         Trainer(cfg, args.config, precision).train()

@@ -59,7 +59,7 @@ def check_model(cfg: TrainConfig) -> None:
         raise ConfigError([f"train.model.pretrained: {pretrained} is not a model directory (no config.json)"])
 
 
-def run_preflight(cfg: TrainConfig, world_size: int, has_gpu: bool) -> str:
+def run_preflight(cfg: TrainConfig, world_size: int, has_gpu: bool, gpu_has_bf16: bool = True) -> str:
     """All checks; returns the resolved precision. Raises ConfigError with every problem found."""
     problems = []
     for check in (check_data, check_model):
@@ -73,7 +73,7 @@ def run_preflight(cfg: TrainConfig, world_size: int, has_gpu: bool) -> str:
         problems.append(f"train.{e}")
     precision = None
     try:
-        precision = resolve_precision(cfg.precision, has_gpu)
+        precision = resolve_precision(cfg.precision, has_gpu, gpu_has_bf16)
     except ConfigError as e:
         problems += e.problems
     if problems:
