@@ -13,6 +13,7 @@ tests/test_chart_files.py fails while any of them is stale.
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def main(argv: list[str]) -> int:
         if "--check" not in argv:
             path.unlink()
     for path in stale:
-        print(f"{'stale' if '--check' in argv else 'wrote'}: {path.relative_to(ROOT)}")
+        print(f"{'stale' if '--check' in argv else 'wrote'}: {os.path.relpath(path, ROOT)}")
     return 1 if stale and "--check" in argv else 0
 
 
