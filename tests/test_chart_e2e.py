@@ -103,6 +103,7 @@ def test_install_upgrade_uninstall_leaves_nothing_behind(control_plane):
 def test_a_trainjob_release_installs_and_uninstalls(control_plane):
     ns = control_plane.create_namespace("helm-tj")
     kube = control_plane.kubeconfig
+    # Without the created PVC (its finalizer is covered above): uninstall must then leave nothing at all.
     helm("install", "tj", str(CHART), "-n", ns, "-f", ci_values("trainjob"), "--set", "storage.size=null",
          kubeconfig=kube)
     objects = stored(control_plane, ns)
