@@ -186,3 +186,13 @@ def test_values_imports_no_tensor_library_and_no_kubernetes_client():
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     assert json.loads(result.stderr.strip().splitlines()[-1]) == []
     assert "trainYaml: |" in result.stdout
+
+
+def test_chart_targets_this_release_of_llmlaunch():
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2" and chart["appVersion"] == version
+    assert chart_values(load_case("tiny"))["image"].endswith(f":{version}")
+    assert chart["kubeVersion"] == ">=1.20.0-0 <1.35.0-0"  # 1.20: the tests' apiserver; 1.34: newest schemas checked
