@@ -74,8 +74,14 @@ def validate(job_file: str, overrides: tuple[str, ...]) -> None:
 
 
 @cli.command()
-def schema() -> None:
+@click.option("--chart-values", is_flag=True, help="The schema of the Helm chart's values instead (values.schema.json).")
+def schema(chart_values: bool) -> None:
     """Print the JSON schema of the job file (for editors and the Helm chart)."""
+    if chart_values:
+        from launcher.chart_values import values_schema_text
+
+        click.echo(values_schema_text(), nl=False)
+        return
     from launcher.spec import JobSpec
 
     click.echo(json.dumps(JobSpec.model_json_schema(), indent=2, sort_keys=True))

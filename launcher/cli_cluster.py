@@ -1,6 +1,6 @@
-"""Cluster commands: init, render, submit, status, list, logs, delete.
+"""Cluster commands: init, render, values, submit, status, list, logs, delete.
 
-`render` and `init` never import the kubernetes client; the others import it (through launcher.kube)
+`render`, `values` and `init` never import the kubernetes client; the others import it (through launcher.kube)
 only when they run. Errors: bad input -> ConfigError (exit 2), cluster problems -> RuntimeFailure
 (exit 1), each one line.
 """
@@ -132,6 +132,27 @@ def render(job_file, nodes, gpus_per_node, image, namespace, overrides, output_d
         sys.stdout.write(rendering.to_yaml_stream(objects))
 
 
+@click.command("values")
+@job_file
+@_job_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the values to this file (default: stdout).")
+@report_errors
+def values_(job_file, nodes, gpus_per_node, image, namespace, overrides, output) -> None:
+    """Print the Helm chart's values for a job (helm install NAME helm/llmlaunch -f VALUES)."""
+    from launcher.values import install_hint, values_file
+
+    spec = load_cluster_job(job_file, overrides, nodes, gpus_per_node, image, namespace)
+    flags = {"--nodes": nodes, "--gpus-per-node": gpus_per_node, "--image": image, "-n": namespace}
+    source = " ".join([job_file, *(f"{k} {v}" for k, v in flags.items() if v is not None),
+                       *(f"--set '{s}'" for s in overrides)])
+    text = values_file(spec, source)
+    if output:
+        Path(output).write_text(text)
+        click.echo(f"wrote {output}; install it with: {install_hint(spec, output)}")
+    else:
+        sys.stdout.write(text)
+
+
 @click.command()
 @job_file
 @_job_options
@@ -256,5 +277,5 @@ def delete(name, namespace, keep_data, kubeconfig, context):
 
 
 def register(group: click.Group) -> None:
-    for command in (init, render, submit, status, list_, logs, delete):
+    for command in (init, render, values_, submit, status, list_, logs, delete):
         group.add_command(command)

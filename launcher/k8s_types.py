@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 
 # The API server's own patterns (apimachinery validation).
 QUANTITY = re.compile(r"^[+]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
@@ -97,13 +97,32 @@ def _str_dict(value: Any) -> Any:
     return value
 
 
-Quantity = Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(_quantity)]
-DnsLabel = Annotated[str, AfterValidator(_dns_label)]
-DnsName = Annotated[str, AfterValidator(_dns_subdomain)]
-ResourceName = Annotated[str, AfterValidator(check_label_key)]
-EnvName = Annotated[str, AfterValidator(_env_name)]
-Duration = Annotated[str, AfterValidator(_duration)]
-Capability = Annotated[str, AfterValidator(_capability)]
-Labels = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_labels)]
-Annotations = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_annotations)]
-StrDict = Annotated[dict[str, str], BeforeValidator(_str_dict)]
+LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+SCALAR = ["string", "number", "boolean"]  # YAML scalars a job file may write where Kubernetes wants a string
+
+
+def _schema(**schema: Any) -> WithJsonSchema:
+    """The JSON schema of a type (for `llmlaunch schema`, editors and the chart's values.schema.json).
+    Patterns are RE2- and ECMA-compatible, so Helm and editors check them as the validators here do."""
+    return WithJsonSchema(schema)
+
+
+def _map_schema(values: dict) -> WithJsonSchema:
+    return _schema(type="object", propertyNames={"pattern": LABEL_KEY.pattern}, additionalProperties=values)
+
+
+Quantity = Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(_quantity),
+                     _schema(type=["string", "number"], pattern=QUANTITY.pattern, minimum=0)]
+DnsLabel = Annotated[str, AfterValidator(_dns_label), _schema(type="string", maxLength=63, pattern=DNS1123_LABEL.pattern)]
+DnsName = Annotated[str, AfterValidator(_dns_subdomain),
+                    _schema(type="string", maxLength=253, pattern=DNS1123_SUBDOMAIN.pattern)]
+ResourceName = Annotated[str, AfterValidator(check_label_key), _schema(type="string", pattern=LABEL_KEY.pattern)]
+EnvName = Annotated[str, AfterValidator(_env_name), _schema(type="string", pattern=ENV_NAME.pattern)]
+Duration = Annotated[str, AfterValidator(_duration), _schema(type="string", minLength=1, pattern=DURATION.pattern)]
+Capability = Annotated[str, AfterValidator(_capability), _schema(type="string", pattern=CAPABILITY.pattern)]
+Labels = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_labels),
+                   _map_schema({"type": SCALAR, "maxLength": 63, "pattern": LABEL_VALUE.pattern})]
+Annotations = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_annotations),
+                        _map_schema({"type": SCALAR})]
+StrDict = Annotated[dict[str, str], BeforeValidator(_str_dict),
+                    _schema(type="object", additionalProperties={"type": SCALAR})]

@@ -36,9 +36,11 @@ def command(spec: JobSpec) -> list[str]:
 
 
 def env(spec: JobSpec) -> list[dict[str, Any]]:
-    """Plain variables first, then secretKeyRefs; secret values never appear in a manifest."""
+    """Plain variables first (NCCL_*, then env, each in name order, as the Helm chart can only iterate
+    maps sorted), then secretKeyRefs; secret values never appear in a manifest."""
     c = spec.cluster
-    plain = {"LLMLAUNCH_JOB": spec.name, "HOME": SCRATCH, "PYTHONUNBUFFERED": "1", **c.network.nccl, **c.env}
+    plain = {"LLMLAUNCH_JOB": spec.name, "HOME": SCRATCH, "PYTHONUNBUFFERED": "1",
+             **dict(sorted(c.network.nccl.items())), **dict(sorted(c.env.items()))}
     out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
     for s in c.secrets:
         out.append({"name": s.env, "secret": s.secret, "key": s.key, "optional": s.optional})

@@ -28,6 +28,12 @@ def test_wheel_contains_the_data_files(wheel):
                      "launcher/cli.py", "trainer/__main__.py"):
         assert required in names, required
     assert any(n.startswith("llmlaunch_data/k8s/") and n.endswith(".j2") for n in names)
+    # The chart, with the files its links into monitoring/ point to (not the links).
+    chart = "llmlaunch_data/helm/llmlaunch/"
+    for required in ("Chart.yaml", ".helmignore", "values.schema.json", "templates/_helpers.tpl", "templates/NOTES.txt"):
+        assert chart + required in names, required
+    dashboard = zipfile.ZipFile(wheel).read(chart + "dashboards/llmlaunch.json")
+    assert dashboard == (REPO / "monitoring" / "dashboards" / "llmlaunch.json").read_bytes()
     assert not any(n.startswith(("llmlaunch_data/tests/", "llmlaunch_data/.venv")) for n in names)
 
 

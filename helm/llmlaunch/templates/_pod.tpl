@@ -1,0 +1,175 @@
+{{/*
+The training pod's template (metadata + spec), as k8s/_macros.yaml.j2 lays it out for
+`llmlaunch render`: non-root, no privilege escalation, capabilities dropped, read-only root
+filesystem, the config mounted read-only, /tmp and /dev/shm as emptyDirs, the data claim.
+*/}}
+{{- define "llmlaunch.podTemplate" -}}
+{{- $v := .Values -}}
+{{- $metrics := include "llmlaunch.metrics" . | fromJson -}}
+{{- $annotations := include "llmlaunch.strings" ($v.annotations | default dict) | fromJson -}}
+{{- if $metrics.enabled -}}
+{{- $_ := set $annotations "prometheus.io/scrape" "true" -}}
+{{- $_ = set $annotations "prometheus.io/port" (toString $metrics.port) -}}
+{{- $_ = set $annotations "prometheus.io/path" "/metrics" -}}
+{{- end -}}
+{{- $sched := $v.scheduling -}}
+{{- $sec := $v.security -}}
+{{- $volumes := include "llmlaunch.volumes" . | fromJsonArray -}}
+{{- $storage := include "llmlaunch.storageEnabled" . -}}
+metadata:
+  labels:
+    {{- include "llmlaunch.labels" (dict "root" . "component" "trainer") | fromJson | include "llmlaunch.mapping" | nindent 4 }}
+  {{- if $annotations }}
+  annotations:
+    {{- include "llmlaunch.mapping" $annotations | nindent 4 }}
+  {{- end }}
+spec:
+  {{- with $v.serviceAccount }}
+  serviceAccountName: {{ quote . }}
+  {{- end }}
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: {{ int $v.terminationGracePeriodSeconds }}
+  {{- with $sched.priorityClass }}
+  priorityClassName: {{ quote . }}
+  {{- end }}
+  {{- with $sched.schedulerName }}
+  schedulerName: {{ quote . }}
+  {{- end }}
+  {{- with $sched.nodeSelector }}
+  nodeSelector:
+    {{- include "llmlaunch.strings" . | fromJson | include "llmlaunch.mapping" | nindent 4 }}
+  {{- end }}
+  {{- with $sched.tolerations }}
+  tolerations:
+    {{- range include "llmlaunch.tolerations" . | fromJsonArray }}
+    - {{ include "llmlaunch.flow" . }}
+    {{- end }}
+  {{- end }}
+  {{- with $sched.affinity }}
+  affinity: {{ include "llmlaunch.flow" . }}
+  {{- end }}
+  {{- with $v.imagePullSecrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ quote . }}
+    {{- end }}
+  {{- end }}
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: {{ int $sec.runAsUser }}
+    runAsGroup: {{ int $sec.runAsGroup }}
+    {{- with $sec.fsGroup }}
+    fsGroup: {{ int . }}
+    {{- end }}
+    seccompProfile:
+      type: RuntimeDefault
+  containers:
+    - name: {{ include "llmlaunch.containerName" . | quote }}
+      image: {{ quote $v.image }}
+      imagePullPolicy: {{ quote $v.imagePullPolicy }}
+      command:
+        {{- range include "llmlaunch.command" . | fromJsonArray }}
+        - {{ quote . }}
+        {{- end }}
+      {{- if and $storage (ne $v.api "trainjob") }}
+      workingDir: {{ quote $v.storage.mountPath }}
+      {{- end }}
+      env:
+        {{- include "llmlaunch.envList" . | trim | nindent 8 }}
+      {{- if or (ne $v.api "trainjob") $metrics.enabled }}
+      ports:
+        {{- if ne $v.api "trainjob" }}
+        - name: "pytorchjob-port"
+          containerPort: 23456
+          protocol: "TCP"
+        {{- end }}
+        {{- if $metrics.enabled }}
+        - name: "metrics"
+          containerPort: {{ $metrics.port }}
+          protocol: "TCP"
+        {{- end }}
+      {{- end }}
+      resources:
+        {{- include "llmlaunch.resourceParts" . | trim | nindent 8 }}
+      securityContext:
+        allowPrivilegeEscalation: false
+        privileged: false
+        runAsNonRoot: true
+        readOnlyRootFilesystem: {{ $sec.readOnlyRootFilesystem | toJson }}
+        capabilities:
+          drop: ["ALL"]
+          {{- with include "llmlaunch.capabilities" . | fromJsonArray }}
+          add: {{ include "llmlaunch.flow" . }}
+          {{- end }}
+      volumeMounts:
+        {{- include "llmlaunch.volumeMounts" $volumes | trim | nindent 8 }}
+  volumes:
+    {{- include "llmlaunch.volumeSources" $volumes | trim | nindent 4 }}
+{{- end -}}
+
+{{/* The operators inject PET_* only into the container with this name. */}}
+{{- define "llmlaunch.containerName" -}}
+{{- ternary "node" "pytorch" (eq .Values.api "trainjob") -}}
+{{- end -}}
+
+{{/* Tolerations (JSON list) with the unset fields left out. */}}
+{{- define "llmlaunch.tolerations" -}}
+{{- $out := list -}}
+{{- range $toleration := . -}}
+{{- $t := dict -}}
+{{- range $key := list "key" "operator" "value" "effect" "tolerationSeconds" -}}
+{{- $value := get $toleration $key -}}
+{{- if and (not (kindIs "invalid" $value)) (eq $key "tolerationSeconds") -}}
+{{- $_ := set $t $key (int $value) -}}
+{{- else if not (kindIs "invalid" $value) -}}
+{{- $_ := set $t $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- $out = append $out $t -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{- define "llmlaunch.volumeMounts" -}}
+{{- range . }}
+- name: {{ quote .name }}
+  mountPath: {{ quote .path }}
+  {{- if .readOnly }}
+  readOnly: true
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "llmlaunch.volumeSources" -}}
+{{- range . }}
+- name: {{ quote .name }}
+  {{- range $kind, $source := .source }}
+  {{ $kind }}: {{ include "llmlaunch.flow" $source }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The env list (llmlaunch.env) laid out: value, or valueFrom.secretKeyRef. */}}
+{{- define "llmlaunch.envList" -}}
+{{- range include "llmlaunch.env" . | fromJsonArray }}
+- name: {{ quote .name }}
+  {{- with .valueFrom }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ quote .secretKeyRef.name }}
+      key: {{ quote .secretKeyRef.key }}
+      optional: {{ toJson .secretKeyRef.optional }}
+  {{- else }}
+  value: {{ quote .value }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* requests / limits (llmlaunch.resources) laid out; an empty part is left out. */}}
+{{- define "llmlaunch.resourceParts" -}}
+{{- range $part, $values := include "llmlaunch.resources" . | fromJson }}
+{{ $part }}:
+  {{- include "llmlaunch.mapping" $values | nindent 2 }}
+{{- end }}
+{{- end -}}

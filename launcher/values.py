@@ -1,0 +1,92 @@
+"""JobSpec -> Helm values for helm/llmlaunch (`llmlaunch values`).
+
+Python computes what the chart cannot: the resolved train.yaml and ds_config.json (presets, batch
+sizes for the topology) and every check JobSpec and the renderer make (names, ports, world size).
+The rest is the job's `cluster` section in camelCase; the chart lays it out into the same objects
+`llmlaunch render` writes (a test keeps the two identical for every example).
+"""
+
+from __future__ import annotations
+
+import textwrap
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.alias_generators import to_camel
+
+from launcher import names, render
+from launcher.chart_values import ChartMonitoring, ChartValues, ConfigFiles, camel_dump
+from launcher.spec import JobSpec
+
+WIDTH = 100
+
+
+def chart_values(spec: JobSpec, name: str | None = None) -> dict[str, Any]:
+    """Complete values (every key, in the chart's order) that make the chart render `spec`'s objects.
+    `name` replaces the job name ("" = the release name, as the chart's own values.yaml has it)."""
+    names.check_names(spec)
+    render.check_ports(spec)
+    files = render.config_files(spec)
+    cluster = {key: getattr(spec.cluster, key) for key in type(spec.cluster).model_fields if key in ChartValues.model_fields}
+    model = ChartValues.model_validate({
+        **cluster,
+        "name": spec.name if name is None else name,
+        "monitoring": ChartMonitoring(**spec.cluster.monitoring.model_dump()),
+        "config": ConfigFiles(train_yaml=files["train.yaml"], ds_config_json=files["ds_config.json"]),
+    })
+    return camel_dump(model)
+
+
+def install_hint(spec: JobSpec, values_file: str) -> str:
+    return f"helm install {spec.name} ./helm/llmlaunch -n {spec.cluster.namespace} -f {values_file}"
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a section field (`Resources`, `Elastic | None`), or None for a plain value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for member in typing.get_args(annotation):
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                return member
+    return None
+
+
+def _comment(text: str, indent: int) -> list[str]:
+    prefix = " " * indent + "# "
+    return textwrap.wrap(" ".join(text.split()), WIDTH - len(prefix), initial_indent=prefix, subsequent_indent=prefix,
+                         break_on_hyphens=False)
+
+
+def _documented(model: type[BaseModel], data: dict[str, Any], indent: int) -> list[str]:
+    fields = {to_camel(key): info for key, info in model.model_fields.items()}
+    lines: list[str] = []
+    for key, value in data.items():
+        info = fields[key]
+        section = _section_model(info.annotation)
+        lines += _comment(info.description or (section.__doc__ if section else "") or key, indent)
+        if section is not None and isinstance(value, dict) and value:
+            lines.append(" " * indent + f"{key}:")
+            lines += _documented(section, value, indent + 2)
+        else:
+            lines += [" " * indent + line for line in render.to_yaml({key: value}).splitlines()]
+    return lines
+
+
+def documented_yaml(values: dict[str, Any], header: list[str]) -> str:
+    """The values as YAML with each key's description as a comment above it (a values.yaml a person reads)."""
+    lines = [f"# {line}" if line else "#" for line in header]
+    return "\n".join([*lines, "", *_documented(ChartValues, values, 0)]) + "\n"
+
+
+def values_file(spec: JobSpec, source: str) -> str:
+    """What `llmlaunch values` prints: the documented values of one job."""
+    header = [
+        f"Helm values for job {spec.name}, written by `llmlaunch values {source}`.",
+        f"Install: {install_hint(spec, 'values.yaml')}",
+        "config.* was computed for nodes, gpusPerNode and elastic below: to change those, run llmlaunch",
+        "values again (with --nodes / --gpus-per-node / --set); other keys may be edited here or with --set.",
+    ]
+    return documented_yaml(chart_values(spec), header)
