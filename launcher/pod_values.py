@@ -37,11 +37,13 @@ def command(spec: JobSpec) -> list[str]:
 
 def env(spec: JobSpec) -> list[dict[str, Any]]:
     """Plain variables first (NCCL_*, then env, each in name order, as the Helm chart can only iterate
-    maps sorted), then secretKeyRefs; secret values never appear in a manifest."""
+    maps sorted), then the pod's namespace, then secretKeyRefs; secret values never appear in a manifest."""
     c = spec.cluster
     plain = {"LLMLAUNCH_JOB": spec.name, "HOME": SCRATCH, "PYTHONUNBUFFERED": "1",
              **dict(sorted(c.network.nccl.items())), **dict(sorted(c.env.items()))}
     out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
+    # The metrics' namespace label, from the downward API.
+    out.append({"name": "LLMLAUNCH_NAMESPACE", "field": "metadata.namespace"})
     for s in c.secrets:
         out.append({"name": s.env, "secret": s.secret, "key": s.key, "optional": s.optional})
     return out

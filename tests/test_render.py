@@ -175,9 +175,13 @@ def test_metrics_port_podmonitor_and_scrape_annotations():
                                                      "app.kubernetes.io/instance": "tiny",
                                                      "app.kubernetes.io/component": "trainer"}
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    # The exporter's job / namespace labels must survive the scrape (else exported_job, and empty panels).
+    assert pm["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
     template = objs["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
     assert all(template["metadata"]["labels"][k] == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
     assert template["metadata"]["annotations"]["prometheus.io/port"] == "9400"
+    container = template["spec"]["containers"][0]
+    assert {"name": "LLMLAUNCH_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]
 
     objs = objects("train.metrics.enabled=false")
     assert "PodMonitor" not in objs

@@ -150,7 +150,7 @@ annotations:
 {{- toJson $cmd -}}
 {{- end -}}
 
-{{/* Environment (JSON list): fixed variables, NCCL_*, env (each in name order), then secretKeyRefs. */}}
+{{/* Environment (JSON list): fixed variables, NCCL_*, env (each in name order), the namespace, then secretKeyRefs. */}}
 {{- define "llmlaunch.env" -}}
 {{- $v := .Values -}}
 {{- $env := list (dict "name" "LLMLAUNCH_JOB" "value" (include "llmlaunch.name" .)) (dict "name" "HOME" "value" "/tmp") (dict "name" "PYTHONUNBUFFERED" "value" "1") -}}
@@ -159,6 +159,7 @@ annotations:
 {{- $env = append $env (dict "name" $key "value" (toString (get $map $key))) -}}
 {{- end -}}
 {{- end -}}
+{{- $env = append $env (dict "name" "LLMLAUNCH_NAMESPACE" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.namespace"))) -}}
 {{- range $s := $v.secrets -}}
 {{- $ref := dict "name" $s.secret "key" $s.key "optional" ($s.optional | default false) -}}
 {{- $env = append $env (dict "name" $s.env "valueFrom" (dict "secretKeyRef" $ref)) -}}

@@ -150,16 +150,21 @@ spec:
 {{- end }}
 {{- end -}}
 
-{{/* The env list (llmlaunch.env) laid out: value, or valueFrom.secretKeyRef. */}}
+{{/* The env list (llmlaunch.env) laid out: value, valueFrom.fieldRef or valueFrom.secretKeyRef. */}}
 {{- define "llmlaunch.envList" -}}
 {{- range include "llmlaunch.env" . | fromJsonArray }}
 - name: {{ quote .name }}
   {{- with .valueFrom }}
   valueFrom:
+  {{- if .fieldRef }}
+    fieldRef:
+      fieldPath: {{ quote .fieldRef.fieldPath }}
+  {{- else }}
     secretKeyRef:
       name: {{ quote .secretKeyRef.name }}
       key: {{ quote .secretKeyRef.key }}
       optional: {{ toJson .secretKeyRef.optional }}
+  {{- end }}
   {{- else }}
   value: {{ quote .value }}
   {{- end }}
