@@ -1,9 +1,11 @@
-"""Checkpoints that are either complete or invisible, resume from the latest complete one, final export.
+"""Checkpoints that are either complete or invisible, pruning, final export (resume.py loads them).
 
 Layout under <output_dir>/checkpoints/step-000050/:
   DeepSpeed's engine state (model, optimizer and ZeRO partitions, LR scheduler; written by every rank),
   loop-rank{r}.pt (each rank's loop position and RNG states), and COMPLETE, written by rank 0 only after
-  every rank has finished. A directory without COMPLETE (a crash mid-write) is never loaded.
+  every rank has finished, listing every file with its size and SHA-256 (checkpoint_manifest.py).
+  A directory without COMPLETE (a crash mid-write) is never loaded; resume.py picks the newest one
+  that still matches its manifest.
 """
 
 from __future__ import annotations
@@ -20,10 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from deepspeed.checkpoint.constants import (
+    UNIVERSAL_CHECKPOINT_INFO,
+    UNIVERSAL_CHECKPOINT_VERSION_KEY,
+    UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+)
+
+from trainer.checkpoint_manifest import MARKER, checkpoint_files, describe, share
+from trainer.failpoints import failpoint
 
 log = logging.getLogger("llmlaunch.trainer")
 
-MARKER = "COMPLETE"
+# Lets deepspeed.checkpoint.ds_to_universal convert the checkpoint when a resume has another world size.
+UNIVERSAL_INFO = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -58,21 +69,28 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save(engine, root: Path, step: int, loop_state: dict[str, Any], *, keep_last: int, protect: int | None) -> float:
+def save(engine, root: Path, step: int, loop_state: dict[str, Any], *, keep_last: int, protect: int | None,
+         micro_batch_size: int | None = None) -> float:
     """Write a checkpoint from every rank; returns the seconds it took. Collective: all ranks call it."""
     start = time.perf_counter()
     target = step_dir(root, step)
-    rank = dist.get_rank()
+    rank, world = dist.get_rank(), dist.get_world_size()
     if rank == 0 and target.exists():  # a leftover from a crash at this very step
         shutil.rmtree(target)
     dist.barrier()
-    engine.save_checkpoint(str(root), tag=target.name)
+    engine.save_checkpoint(str(root), tag=target.name, client_state=UNIVERSAL_INFO)
     buf = _torch_bytes({"loop": loop_state, "rng": rng_state()})
     _atomic_write(target / f"loop-rank{rank}.pt", buf)
+    failpoint("checkpoint", step)
     dist.barrier()  # every rank has written its part
+    names = checkpoint_files(target)
+    parts = [None] * world
+    dist.all_gather_object(parts, describe(target, share(names, rank, world)))
     if rank == 0:
-        meta = {"step": step, "world_size": dist.get_world_size(), "time": time.time()}
-        _atomic_write(target / MARKER, json.dumps(meta).encode())
+        files = {name: entry for part in parts for name, entry in part.items()}
+        meta = {"step": step, "world_size": world, "micro_batch_size": micro_batch_size, "time": time.time(),
+                "files": files}
+        _atomic_write(target / MARKER, json.dumps(meta, indent=1, sort_keys=True).encode())
         prune(root, keep_last, protect)
     dist.barrier()
     return time.perf_counter() - start
@@ -97,22 +115,6 @@ def prune(root: Path, keep_last: int, protect: int | None) -> None:
         partial_and_old = not (path / MARKER).exists() and newest is not None and path.name < newest.name
         if (path in complete and path not in keep) or partial_and_old:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def latest(root: Path) -> Path | None:
-    found = complete_checkpoints(root)
-    return found[-1] if found else None
-
-
-def load(engine, path: Path) -> dict[str, Any]:
-    """Restore engine state, this rank's RNG, and return the loop state. Collective."""
-    rank = dist.get_rank()
-    load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name)
-    if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load checkpoint {path}")
-    saved = torch.load(path / f"loop-rank{rank}.pt", weights_only=False)
-    set_rng_state(saved["rng"])
-    return saved["loop"]
 
 
 def export(engine, model: torch.nn.Module, tokenizer, out: Path, is_main: bool) -> None:

@@ -150,6 +150,14 @@ class RunConfig(Section):
     log_every: int = Field(10, ge=1, description="Log metrics every N steps (each log synchronises the device).")
     seed: int = Field(1234, description="Seeds init, data order and dropout.")
     resume: bool = Field(True, description="Resume from the latest complete checkpoint in output_dir.")
+    max_restarts: int = Field(
+        3, ge=0, description="Times the group is restarted after a rank or node dies (torchrun --max-restarts; "
+        "a local run also restarts a dead node this often); each restart resumes from the latest checkpoint.",
+    )
+    hang_timeout_s: float = Field(
+        1800, ge=0, description="Fail when no step, eval or checkpoint finishes for this long, naming the rank "
+        "that holds the others up (0 = never). Keep it above the slowest of the three.",
+    )
 
     @model_validator(mode="after")
     def _length(self) -> RunConfig:

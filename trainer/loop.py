@@ -10,13 +10,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from trainer import checkpoint
+from trainer import checkpoint, resume
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import build_data, for_attention, load_tokenizer
 from trainer.engine import Topology, init_distributed, load_ds_config, make_engine
+from trainer.failpoints import failpoint
 from trainer.runlog import RunLog, progress_bar
 from trainer.state import LoopState, StopSignal
 from trainer.model import build_model, count_parameters
+from trainer.watchdog import Watchdog
 
 log = logging.getLogger("llmlaunch.trainer")
 
@@ -30,7 +32,8 @@ class Trainer:
     # ---- set-up ---------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
-        self.topo: Topology = init_distributed()
+        # Collectives must not time out before the hang watchdog has named the rank that holds them up.
+        self.topo: Topology = init_distributed(timeout_s=max(1800.0, cfg.run.hang_timeout_s + 60))
         self.stop = StopSignal()
         self.ds_config = load_ds_config(cfg, self.config_path, self.topo.world_size, self.precision)
         self.tokenizer = load_tokenizer(cfg.model)
@@ -40,13 +43,16 @@ class Trainer:
         per_epoch = self.train_data.batches_per_epoch(cfg.run.micro_batch_size, self.topo.world_size)
         self.steps_per_epoch = max(1, per_epoch // cfg.run.grad_accum)
         self.total_steps = cfg.run.max_steps or math.ceil(cfg.run.epochs * self.steps_per_epoch)
+        # Before the engine exists: a checkpoint from another world size changes the DeepSpeed config.
+        found = resume.find(self.ckpt_root, self.ds_config) if cfg.run.resume else None
         self.model = build_model(cfg, self.ds_config)
         self.engine = make_engine(self.model, cfg, self.ds_config, self.total_steps)
         self.state = LoopState()
         self.runlog = RunLog(self.out, self.topo, cfg, self.ds_config, self.model, self.total_steps)
-        if cfg.run.resume and (found := checkpoint.latest(self.ckpt_root)) is not None:
-            self.state = LoopState(**checkpoint.load(self.engine, found))
-            self.runlog.resumed(found, self.state.step)
+        if found is not None:
+            self.state = LoopState(**resume.load(self.engine, found, cfg.run.micro_batch_size))
+            self.runlog.resumed(found.path, self.state.step)
+        self.watchdog = Watchdog(self.topo.rank, self.topo.node_rank, self.topo.world_size, cfg.run.hang_timeout_s)
         trainable, total = count_parameters(self.model)
         self.runlog.info(
             f"{cfg.method.kind} training, {total:,} parameters ({trainable:,} trainable), world size "
@@ -95,6 +101,7 @@ class Trainer:
         cfg, state, engine = self.cfg, self.state, self.engine
         batches = self._batches()
         bar = progress_bar(self.topo, self.total_steps, state.step)
+        self.watchdog.start(state.step)
         while state.step < self.total_steps and not state.stopped_early:
             t0 = time.perf_counter()
             loss_sum, data_wait = torch.zeros((), device=self.topo.device), 0.0
@@ -106,10 +113,12 @@ class Trainer:
                 tokens += (batch["labels"] != -100).sum()  # on the host copy: no device sync
                 loss = engine(**self._to_device(batch)).loss
                 engine.backward(loss)
+                failpoint("step", state.step + 1)  # resilience tests: a node lost mid-step
                 engine.step()
                 loss_sum += loss.detach()
             state.step += 1
             self.runlog.step(state, loss_sum / cfg.run.grad_accum, tokens, time.perf_counter() - t0, data_wait, engine, bar)
+            self.watchdog.beat(state.step)
             is_last = state.step >= self.total_steps
             if self.eval_data is not None and (is_last or (cfg.run.eval_every and state.step % cfg.run.eval_every == 0)):
                 self.evaluate()
@@ -119,8 +128,10 @@ class Trainer:
             if self.stop.requested():
                 self.runlog.info(f"stop requested (SIGTERM): emergency checkpoint at step {state.step}")
                 self.save()
+                self.watchdog.stop()
                 bar.close()
                 return
+        self.watchdog.stop()
         bar.close()
         checkpoint.export(self.engine, self.engine.module, self.tokenizer, self.out / "final", self.topo.is_main)
         self.runlog.finished(state)
@@ -161,11 +172,13 @@ class Trainer:
         self.runlog.eval(self.state, eval_loss, improved)
         if improved:
             checkpoint.export(self.engine, self.engine.module, self.tokenizer, self.out / "best", topo.is_main)
+        self.watchdog.beat(self.state.step)
         return eval_loss
 
     def save(self) -> None:
         seconds = checkpoint.save(
             self.engine, self.ckpt_root, self.state.step, self.state.as_dict(),
-            keep_last=self.cfg.run.keep_last, protect=self.state.best_step,
+            keep_last=self.cfg.run.keep_last, protect=self.state.best_step, micro_batch_size=self.cfg.run.micro_batch_size,
         )
         self.runlog.checkpoint(self.state, seconds)
+        self.watchdog.beat(self.state.step)

@@ -134,7 +134,7 @@ class TokenData(torch.utils.data.Dataset):
             return (self[r] for r in rows)
         loader = torch.utils.data.DataLoader(
             _Sequence(self, rows), batch_size=None, shuffle=False, num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=torch.cuda.is_available(), worker_init_fn=_own_process_group,
         )
         return iter(loader)
 
@@ -182,6 +182,15 @@ class TokenData(torch.utils.data.Dataset):
         if self.path is not None:
             for name in ARRAYS:
                 setattr(self, name, np.load(self.path / f"{name}.npy", mmap_mode="r"))
+
+
+def _own_process_group(worker_id: int) -> None:
+    """torchrun signals the trainer's whole process group on SIGTERM; a loader worker killed by it
+    would break the emergency checkpoint. In a group of its own it still ends with the trainer (the
+    loader stops it at exit, and it watches its parent)."""
+    import os
+
+    os.setpgid(0, 0)
 
 
 class _Sequence(torch.utils.data.Dataset):
