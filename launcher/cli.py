@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import traceback
 
@@ -28,6 +29,11 @@ class RuntimeFailure(Exception):
     """Something outside the user's input failed (cluster, training processes); exit code 1."""
 
 
+def one_line(text: str) -> str:
+    """Control characters from user input (a key or path with a newline) shown escaped, not obeyed."""
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
+
+
 def report_errors(fn):
     """Turn known failures into one line each on stderr; --debug shows the traceback instead."""
 
@@ -42,7 +48,7 @@ def report_errors(fn):
                 traceback.print_exc()
             lines = e.problems if isinstance(e, ConfigError) else [str(e)]
             for line in lines:
-                click.echo(f"error: {line}", err=True)
+                click.echo(f"error: {one_line(line)}", err=True)
             ctx.exit(USAGE_ERROR if isinstance(e, ConfigError) else RUNTIME_ERROR)
 
     return wrapper
@@ -54,7 +60,25 @@ set_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrors(click.Group):
+    """Usage errors (unknown flag, bad value, missing argument) as one `error:` line with exit code 2,
+    like every other input error, instead of click's usage text plus message."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            click.echo(f"error: {one_line(' '.join(e.format_message().splitlines()))}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(RUNTIME_ERROR)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="llmlaunch")
 def cli(debug: bool) -> None:

@@ -17,7 +17,7 @@ from unittest import mock
 
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from launcher.cli import cli
@@ -61,7 +61,7 @@ def job_documents(draw) -> str:
     if draw(st.integers(0, 9)) == 0:
         return draw(st.text(max_size=80))
     doc = copy.deepcopy(BASE)
-    for _ in range(draw(st.integers(0, 3))):
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2, 3]))):
         path = draw(paths)
         node = doc
         for part in path[:-1]:
@@ -76,6 +76,8 @@ def job_documents(draw) -> str:
 
 
 set_values = st.one_of(
+    st.sampled_from(["train.optim.lr=1e-4", "train.run.max_steps=2", "cluster.nodes=2", "train.method.kind=lora",
+                     "train.deepspeed.preset=zero3", "train.run.max_restarts=0", "train.run.hang_timeout_s=60"]),
     st.tuples(paths, values).map(lambda kv: f"{'.'.join(map(str, kv[0]))}={yaml.safe_dump(kv[1]).strip()}"),
     st.text(max_size=30),
 )
@@ -100,8 +102,15 @@ def invocations(draw) -> tuple[str, list[str]]:
     return command, args
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(document=job_documents(), invocation=invocations(), with_file=st.booleans())
+VALID = yaml.safe_dump(BASE, sort_keys=False)
+
+
+@settings(max_examples=int(os.environ.get("LLMLAUNCH_FUZZ_EXAMPLES", 300)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@example(document=VALID, invocation=("validate", []), with_file=True)
+@example(document=VALID, invocation=("train", ["--nodes", "2", "--set", "train.run.max_restarts=1"]), with_file=True)
+@example(document=VALID, invocation=("render", ["--nodes", "2"]), with_file=True)
+@given(document=job_documents(), invocation=invocations(), with_file=st.sampled_from([True, True, True, False]))
 def test_bad_input_ends_in_one_line_errors_with_exit_2_and_writes_nothing(document, invocation, with_file):
     command, args = invocation
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,6 +130,7 @@ def test_bad_input_ends_in_one_line_errors_with_exit_2_and_writes_nothing(docume
         assert result.exception is None or isinstance(result.exception, SystemExit), (argv, result.output)
         assert "Traceback" not in result.output + result.stderr
         assert result.exit_code in (0, 2), (argv, result.exit_code, result.output)
+        event(f"{command} exit {result.exit_code}")
         if result.exit_code == 2:
             lines = result.stderr.splitlines()
             assert lines and all(line.startswith("error: ") for line in lines), (argv, result.stderr)

@@ -52,12 +52,19 @@ class ModelConfig(Section):
     def max_positions(self) -> int | None:
         """The model's context limit, read without importing transformers (None when unknown)."""
         if self.config is not None:
-            return self.config.get("max_position_embeddings")
+            limit = self.config.get("max_position_embeddings")
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+                raise ValueError(f"model.config.max_position_embeddings must be an integer (got {limit!r})")
+            return limit
         cfg = Path(self.pretrained) / "config.json"
         if cfg.is_file():
             import json
 
-            return json.loads(cfg.read_text()).get("max_position_embeddings")
+            try:
+                limit = json.loads(cfg.read_text()).get("max_position_embeddings")
+            except (OSError, ValueError, AttributeError):  # unreadable: loading the model will say why
+                return None
+            return limit if isinstance(limit, int) else None
         return None
 
 
