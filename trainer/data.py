@@ -156,7 +156,7 @@ def build_data(cfg: TrainConfig, tokenizer, *, split: str, packing: bool, cache_
     name = f"{split}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]}"
     cache_dir = Path(cache_dir)
     entry = cache_dir / name
-    options = {"shuffle": split == "train", "num_workers": data.num_workers}
+    options = {"shuffle": split == "train", "num_workers": data.num_workers, "group_by_length": data.group_by_length}
     if not (entry / "meta.json").is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _exclusive(cache_dir / f"{name}.lock"):
