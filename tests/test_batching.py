@@ -139,7 +139,8 @@ def test_workers_build_the_same_grouped_batches():
 def test_build_data_groups_training_batches_only(tmp_path):
     cfg = TrainConfig.model_validate({
         "model": {"config": {"model_type": "llama", "vocab_size": 512}, "tokenizer": str(ROOT / "examples/data/tokenizer")},
-        "data": {"train": str(TINY / "train.jsonl"), "eval": str(TINY / "eval.jsonl"), "seq_len": 128, "packing": False},
+        "data": {"train": str(TINY / "train.jsonl"), "eval": str(TINY / "eval.jsonl"), "seq_len": 128, "packing": False,
+                 "group_by_length": True},
         "run": {"max_steps": 1},
     })
     tokenizer = load_tokenizer(cfg.model)

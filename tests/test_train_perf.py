@@ -46,7 +46,7 @@ def test_compiled_model_trains_like_the_eager_one(tmp_path):
 def test_unpacked_training_runs_the_length_grouped_plan(tmp_path):
     """Packing off: every rank trains the grouped plan's batches, each cut to its longest row; the
     tokens the run reports are exactly the loss targets of those batches."""
-    train(job_without_eval(tmp_path, data={"packing": False}))
+    train(job_without_eval(tmp_path, data={"packing": False, "group_by_length": True}))
     out = tmp_path / "out"
     from trainer.config import TrainConfig
     from trainer.data import build_data, load_tokenizer

@@ -83,8 +83,9 @@ class DataConfig(Section):
         True, description="Pack several documents per sequence (attention kept within each document)."
     )
     group_by_length: bool = Field(
-        True, description="Packing off: put sequences of similar length in the same training batch (shuffled "
-        "in buckets, deterministic per seed and epoch). Every padded batch is cut to its longest sequence either way.",
+        False, description="Packing off: put sequences of similar length in the same training batch (sorted "
+        "buckets, deterministic per seed and epoch): less padding, but batches are less random (see docs/data.md). "
+        "Every padded batch is cut to its longest sequence either way.",
     )
     cache_dir: str | None = Field(
         None, description="Where tokenized data is cached; defaults to <output_dir>/cache."
