@@ -32,7 +32,7 @@ from trainer.packing import TokenData, for_attention, pack_documents, pad_docume
 __all__ = ["DataError", "TokenData", "build_data", "for_attention", "load_tokenizer", "tokenize_chat", "tokenize_texts"]
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1  # bump when the cached arrays change meaning
+CACHE_VERSION = 2  # bump when the cached arrays change meaning (2: best-fit packing)
 EOS_NAMES = ("<|endoftext|>", "</s>", "<|im_end|>", "<eos>", "<|end_of_text|>")
 
 

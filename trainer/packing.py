@@ -6,8 +6,8 @@ Storage is three [N, seq_len] arrays per split (memory-mapped from the cache):
   docs     int32  document number inside the sequence, -1 on padding
 Position ids, labels and attention masks are derived per batch, which keeps the cache small.
 
-Packing on: documents are concatenated and cut every seq_len tokens; a document cut at a sequence end
-continues in the next sequence as a new document (positions restart). Packing off: one document per
+Packing on: whole documents are placed into rows of seq_len, best fit, so only documents longer than
+seq_len are cut (into pieces trained as separate documents, positions restarting). Packing off: one document per
 sequence, truncated to seq_len, right-padded; a batch is cut to its longest row (trainer/length_groups.py),
 and training batches group rows of similar length when group_by_length is on.
 """
@@ -21,28 +21,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainer.best_fit import best_fit_rows
 from trainer.length_groups import batch_width, group_by_length, row_lengths
 
 ARRAYS = ("tokens", "targets", "docs")
 
 
 def pack_documents(documents: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict:
-    """Concatenate (ids, targets) documents and cut the stream into rows of seq_len (last row padded)."""
-    ids = np.concatenate([d[0] for d in documents]).astype(np.int32)
-    targets = np.concatenate([d[1] for d in documents]).astype(bool)
-    lengths = np.array([len(d[0]) for d in documents])
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    # The first token of a document is predicted from the previous document's end: never a target.
-    targets[starts] = False
-    doc_index = np.repeat(np.arange(len(documents), dtype=np.int64), lengths)
-    rows = -(-len(ids) // seq_len)
-    pad = rows * seq_len - len(ids)
-    ids = np.concatenate([ids, np.full(pad, pad_id, np.int32)]).reshape(rows, seq_len)
-    targets = np.concatenate([targets, np.zeros(pad, bool)]).reshape(rows, seq_len)
-    doc_index = np.concatenate([doc_index, np.full(pad, -1)]).reshape(rows, seq_len)
-    # Number documents from 0 inside each row (only equality matters; small numbers read better).
-    docs = np.where(doc_index >= 0, doc_index - doc_index[:, :1], -1).astype(np.int32)
-    return {"tokens": ids, "targets": targets, "docs": docs}
+    """Place whole (ids, targets) documents into rows of seq_len, best fit (trainer/best_fit.py); only a
+    document longer than seq_len is cut, into seq_len pieces and a remainder that is placed like a document."""
+    pieces = []
+    for ids, targets in documents:
+        for start in range(0, len(ids), seq_len):
+            pieces.append((ids[start : start + seq_len], targets[start : start + seq_len]))
+    rows = best_fit_rows(np.array([len(p[0]) for p in pieces], np.int64), seq_len)
+    tokens = np.full((len(rows), seq_len), pad_id, np.int32)
+    targets = np.zeros((len(rows), seq_len), bool)
+    docs = np.full((len(rows), seq_len), -1, np.int32)
+    for row, members in enumerate(rows):
+        offset = 0
+        for number, index in enumerate(members):
+            ids, piece_targets = pieces[index]
+            end = offset + len(ids)
+            tokens[row, offset:end] = ids
+            targets[row, offset:end] = piece_targets
+            # A piece's first token would be predicted from the previous piece's end: never a target.
+            targets[row, offset] = False
+            docs[row, offset:end] = number
+            offset = end
+    return {"tokens": tokens, "targets": targets, "docs": docs}
 
 
 def pad_documents(documents: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict:
