@@ -88,24 +88,47 @@ def test_eager_attention_gets_an_additive_mask():
     assert "attention_mask" not in for_attention(batch, "flash_attention_2", torch.float32)
 
 
-def test_packed_rows_cut_documents_restart_positions_and_mask_first_tokens():
-    docs = documents([5, 6, 7])
-    arrays = pack_documents(docs, 8, pad_id=0)  # 18 tokens -> rows of 8, 8, 2 + 6 padding
+def test_packed_rows_keep_documents_whole_restart_positions_and_mask_first_tokens():
+    docs = documents([5, 3, 12, 2, 6])
+    arrays = pack_documents(docs, 8, pad_id=0)  # 28 tokens; best fit: [5+3], [12 cut: 8], [4 + pad], [2+6]
     data = TokenData(arrays, packed=True, pad_id=0, shuffle=False)
-    batch = data[np.arange(3)]
-    assert batch["input_ids"].flatten()[:18].tolist() == np.concatenate([d[0] for d in docs]).tolist()
-    # a document cut at a row end goes on as a new document of the next row (positions from 0)
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 0, 1, 2, 3, 4],
+    assert len(data) == 4
+    batch = data[np.arange(4)]
+    ids = [d[0].tolist() for d in docs]
+    assert batch["input_ids"].tolist() == [ids[0] + ids[1], ids[2][:8], ids[2][8:] + [0] * 4, ids[3] + ids[4]]
+    # only the document longer than a row is cut; its rest is a new document (positions from 0)
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], list(range(8)), [0, 1, 2, 3, 0, 1, 2, 3],
                                               [0, 1, 0, 1, 2, 3, 4, 5]]
     labels = batch["labels"]
-    # first tokens of documents 2 and 3 follow another document in their row: no loss there
-    assert labels[0, 5] == -100 and labels[1, 3] == -100
-    assert (labels[2, 2:] == -100).all()  # padding
-    assert labels[1, 0] == docs[1][0][3]  # a cut document continues as a target in the next row
+    # a piece's first token follows another piece (or nothing) in its row: no loss there
+    assert [labels[0, 0], labels[0, 5], labels[2, 0], labels[3, 2]] == [-100] * 4
+    assert (labels[2, 4:] == -100).all()  # padding
+    assert labels[0, 6].item() == ids[1][1] and labels[2, 1].item() == ids[2][9]
+    assert int((labels != -100).sum()) == 28 - 6  # every real token but the 6 pieces' first ones
     mask = batch["attention_mask"]
-    assert mask.shape == (3, 1, 8, 8) and mask.dtype == torch.bool
+    assert mask.shape == (4, 1, 8, 8) and mask.dtype == torch.bool
     assert not mask[0, 0, 5, :5].any() and mask[0, 0, 7, 5:8].all()
     assert not mask[0, 0, 3, 4]  # causal
+
+
+def test_best_fit_fills_rows_and_places_every_piece_once():
+    from trainer.best_fit import best_fit_rows
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 65, 500)
+    rows = best_fit_rows(lengths, 64)
+    assert sorted(i for row in rows for i in row) == list(range(500))
+    assert all(lengths[row].sum() <= 64 for row in rows)
+    # pairs that fill a row exactly, shuffled: best fit decreasing finds the perfect packing
+    half = rng.integers(1, 64, 250)
+    pairs = rng.permutation(np.concatenate([half, 64 - half]))
+    assert [pairs[row].sum() for row in best_fit_rows(pairs, 64)] == [64] * 250
+    # short documents, as in the bundled corpus: rows are over 99% full
+    short = rng.integers(6, 114, 3800)
+    assert short.sum() / (len(best_fit_rows(short, 128)) * 128) > 0.99
+    assert [row[0] for row in rows] == sorted(row[0] for row in rows) and all(row == sorted(row) for row in rows)
+    with pytest.raises(ValueError, match="within 1..64"):
+        best_fit_rows(np.array([3, 65]), 64)
 
 
 def test_padded_rows_one_document_each_truncated():

@@ -38,6 +38,10 @@ class ModelConfig(Section):
         "sdpa", description="Attention kernel passed to transformers."
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off by default).")
+    compile: bool = Field(
+        False, description="torch.compile the model (through DeepSpeed's engine.compile; inductor backend). The "
+        "first steps are slow while it compiles; with packing off each new batch width may compile again.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -84,6 +88,11 @@ class DataConfig(Section):
     seq_len: int = Field(512, ge=8, description="Tokens per training sequence.")
     packing: bool = Field(
         True, description="Pack several documents per sequence (attention kept within each document)."
+    )
+    group_by_length: bool = Field(
+        False, description="Packing off: put sequences of similar length in the same training batch (sorted "
+        "buckets, deterministic per seed and epoch): less padding, but batches are less random (see docs/data.md). "
+        "Every padded batch is cut to its longest sequence either way.",
     )
     cache_dir: str | None = Field(
         None, description="Where tokenized data is cached; defaults to <output_dir>/cache."

@@ -32,7 +32,7 @@ from trainer.packing import TokenData, for_attention, pack_documents, pad_docume
 __all__ = ["DataError", "TokenData", "build_data", "for_attention", "load_tokenizer", "tokenize_chat", "tokenize_texts"]
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1  # bump when the cached arrays change meaning
+CACHE_VERSION = 2  # bump when the cached arrays change meaning (2: best-fit packing)
 EOS_NAMES = ("<|endoftext|>", "</s>", "<|im_end|>", "<eos>", "<|end_of_text|>")
 
 
@@ -156,7 +156,7 @@ def build_data(cfg: TrainConfig, tokenizer, *, split: str, packing: bool, cache_
     name = f"{split}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]}"
     cache_dir = Path(cache_dir)
     entry = cache_dir / name
-    options = {"shuffle": split == "train", "num_workers": data.num_workers}
+    options = {"shuffle": split == "train", "num_workers": data.num_workers, "group_by_length": data.group_by_length}
     if not (entry / "meta.json").is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _exclusive(cache_dir / f"{name}.lock"):

@@ -103,4 +103,7 @@ def make_engine(model: torch.nn.Module, cfg: TrainConfig, ds_config: dict[str, A
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
         config=ds_config,
     )
+    if cfg.model.compile:
+        # DeepSpeed compiles the module it wraps (inductor), keeping its ZeRO hooks outside the graph.
+        engine.compile()
     return engine

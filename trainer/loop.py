@@ -110,7 +110,7 @@ class Trainer:
                 t_data = time.perf_counter()
                 batch = next(batches)
                 data_wait += time.perf_counter() - t_data
-                tokens += (batch["labels"] != -100).sum()  # on the host copy: no device sync
+                tokens += (batch["labels"][:, 1:] != -100).sum()  # tokens the loss predicts; host copy: no sync
                 loss = engine(**self._to_device(batch)).loss
                 engine.backward(loss)
                 failpoint("step", state.step + 1)  # resilience tests: a node lost mid-step

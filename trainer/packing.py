@@ -6,9 +6,10 @@ Storage is three [N, seq_len] arrays per split (memory-mapped from the cache):
   docs     int32  document number inside the sequence, -1 on padding
 Position ids, labels and attention masks are derived per batch, which keeps the cache small.
 
-Packing on: documents are concatenated and cut every seq_len tokens; a document cut at a sequence end
-continues in the next sequence as a new document (positions restart). Packing off: one document per
-sequence, truncated to seq_len, right-padded.
+Packing on: whole documents are placed into rows of seq_len, best fit, so only documents longer than
+seq_len are cut (into pieces trained as separate documents, positions restarting). Packing off: one document per
+sequence, truncated to seq_len, right-padded; a batch is cut to its longest row (trainer/length_groups.py),
+and training batches group rows of similar length when group_by_length is on.
 """
 
 from __future__ import annotations
@@ -20,26 +21,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainer.best_fit import best_fit_rows
+from trainer.length_groups import batch_width, group_by_length, row_lengths
+
 ARRAYS = ("tokens", "targets", "docs")
 
 
 def pack_documents(documents: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict:
-    """Concatenate (ids, targets) documents and cut the stream into rows of seq_len (last row padded)."""
-    ids = np.concatenate([d[0] for d in documents]).astype(np.int32)
-    targets = np.concatenate([d[1] for d in documents]).astype(bool)
-    lengths = np.array([len(d[0]) for d in documents])
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    # The first token of a document is predicted from the previous document's end: never a target.
-    targets[starts] = False
-    doc_index = np.repeat(np.arange(len(documents), dtype=np.int64), lengths)
-    rows = -(-len(ids) // seq_len)
-    pad = rows * seq_len - len(ids)
-    ids = np.concatenate([ids, np.full(pad, pad_id, np.int32)]).reshape(rows, seq_len)
-    targets = np.concatenate([targets, np.zeros(pad, bool)]).reshape(rows, seq_len)
-    doc_index = np.concatenate([doc_index, np.full(pad, -1)]).reshape(rows, seq_len)
-    # Number documents from 0 inside each row (only equality matters; small numbers read better).
-    docs = np.where(doc_index >= 0, doc_index - doc_index[:, :1], -1).astype(np.int32)
-    return {"tokens": ids, "targets": targets, "docs": docs}
+    """Place whole (ids, targets) documents into rows of seq_len, best fit (trainer/best_fit.py); only a
+    document longer than seq_len is cut, into seq_len pieces and a remainder that is placed like a document."""
+    pieces = []
+    for ids, targets in documents:
+        for start in range(0, len(ids), seq_len):
+            pieces.append((ids[start : start + seq_len], targets[start : start + seq_len]))
+    rows = best_fit_rows(np.array([len(p[0]) for p in pieces], np.int64), seq_len)
+    tokens = np.full((len(rows), seq_len), pad_id, np.int32)
+    targets = np.zeros((len(rows), seq_len), bool)
+    docs = np.full((len(rows), seq_len), -1, np.int32)
+    for row, members in enumerate(rows):
+        offset = 0
+        for number, index in enumerate(members):
+            ids, piece_targets = pieces[index]
+            end = offset + len(ids)
+            tokens[row, offset:end] = ids
+            targets[row, offset:end] = piece_targets
+            # A piece's first token would be predicted from the previous piece's end: never a target.
+            targets[row, offset] = False
+            docs[row, offset:end] = number
+            offset = end
+    return {"tokens": tokens, "targets": targets, "docs": docs}
 
 
 def pad_documents(documents: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict:
@@ -81,10 +91,12 @@ class TokenData(torch.utils.data.Dataset):
     """
 
     def __init__(self, arrays: dict, *, packed: bool, pad_id: int, shuffle: bool, num_workers: int = 0,
-                 path: Path | None = None):
+                 path: Path | None = None, group_by_length: bool = False):
         self.tokens, self.targets, self.docs = (arrays[name] for name in ARRAYS)
         self.packed, self.pad_id, self.shuffle, self.num_workers = packed, pad_id, shuffle, num_workers
         self.path = path
+        self.group_by_length = group_by_length and not packed and shuffle  # eval keeps file order
+        self._lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -101,6 +113,13 @@ class TokenData(torch.utils.data.Dataset):
     @property
     def num_targets(self) -> int:
         return int(np.asarray(self.targets).sum())
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Non-padding tokens per row (computed once, on first use)."""
+        if self._lengths is None:
+            self._lengths = row_lengths(self.docs)
+        return self._lengths
 
     # ---- the plan -------------------------------------------------------------------------------------
 
@@ -123,6 +142,9 @@ class TokenData(torch.utils.data.Dataset):
         count = self.batches_per_epoch(micro_batch_size, world_size)
         order = self.epoch_order(epoch, seed)
         per_step = micro_batch_size * world_size
+        if self.group_by_length:
+            rng = np.random.default_rng([seed, epoch, 1])  # independent of the row permutation's stream
+            order = group_by_length(order[: count * per_step], self.lengths, per_step, rng)
         return [order[k * per_step + rank * micro_batch_size:][:micro_batch_size] for k in range(count)]
 
     def iter_batches(self, epoch: int, start: int = 0, *, rank: int, world_size: int, micro_batch_size: int,
@@ -142,16 +164,23 @@ class TokenData(torch.utils.data.Dataset):
 
     def __getitem__(self, rows) -> dict[str, torch.Tensor]:
         rows = np.atleast_1d(rows)
-        tokens = torch.from_numpy(np.asarray(self.tokens[rows], dtype=np.int64))
-        targets = torch.from_numpy(np.asarray(self.targets[rows], dtype=bool))
-        docs = torch.from_numpy(np.asarray(self.docs[rows], dtype=np.int64))
+        # Padded rows carry their padding at the end: keep only the columns this batch needs.
+        width = self.seq_len if self.packed else batch_width(self._row_lengths(rows), self.seq_len)
+        tokens = torch.from_numpy(np.asarray(self.tokens[rows, :width], dtype=np.int64))
+        targets = torch.from_numpy(np.asarray(self.targets[rows, :width], dtype=bool))
+        docs = torch.from_numpy(np.asarray(self.docs[rows, :width], dtype=np.int64))
         labels = torch.where(targets, tokens, torch.full_like(tokens, -100))
         if self.packed:
             return {"input_ids": tokens, "labels": labels, "position_ids": restarting_positions(docs),
                     "attention_mask": block_causal_mask(docs)}
         return {"input_ids": tokens, "labels": labels,
-                "position_ids": torch.arange(self.seq_len).expand_as(tokens).clone(),
+                "position_ids": torch.arange(width).expand_as(tokens).clone(),
                 "attention_mask": (docs >= 0).long()}
+
+    def _row_lengths(self, rows: np.ndarray) -> np.ndarray:
+        if self._lengths is not None:
+            return self._lengths[rows]
+        return row_lengths(self.docs[rows])
 
     # ---- cache ----------------------------------------------------------------------------------------
 
@@ -163,15 +192,15 @@ class TokenData(torch.utils.data.Dataset):
         (directory / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
 
     @classmethod
-    def load(cls, directory: Path, *, shuffle: bool, num_workers: int = 0) -> TokenData:
+    def load(cls, directory: Path, *, shuffle: bool, num_workers: int = 0, group_by_length: bool = False) -> TokenData:
         meta = json.loads((directory / "meta.json").read_text())
         arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
         return cls(arrays, packed=meta["packed"], pad_id=meta["pad_id"], shuffle=shuffle,
-                   num_workers=num_workers, path=directory)
+                   num_workers=num_workers, path=directory, group_by_length=group_by_length)
 
     def __getstate__(self):
         # Workers started by spawn/forkserver re-open the memory map instead of copying the arrays.
-        state = dict(self.__dict__)
+        state = dict(self.__dict__, _lengths=None)  # workers only build batches: no need for every length
         if self.path is not None:
             for name in ARRAYS:
                 state.pop(name)
