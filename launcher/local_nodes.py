@@ -84,8 +84,7 @@ class LocalNodes:
         print(f"[llmlaunch] {message}", file=sys.stderr, flush=True)
 
     def run(self) -> int:
-        previous = {s: signal.signal(s, lambda signum, frame: self._signals.append(signum))
-                    for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for node in self.nodes:
                 node.start()
@@ -99,11 +98,12 @@ class LocalNodes:
                     node.proc.wait()
 
     def _watch(self) -> int:
-        forwarded = 0
+        told = False
         while True:
-            if len(self._signals) > forwarded:
-                self._on_signal(self._signals[forwarded], first=forwarded == 0)
-                forwarded += 1
+            if self._signals and not told:
+                told = True
+                self.log(f"{self.stopped_by}: asking the trainers to write an emergency checkpoint and stop "
+                         f"(again to kill them now)")
             for node in self.nodes:
                 if node.code is None and node.proc.poll() is not None:
                     self._on_exit(node, node.proc.returncode)
@@ -113,12 +113,12 @@ class LocalNodes:
                 return next((node.code for node in self.nodes if node.code != 0), 0)
             time.sleep(self.poll_s)
 
-    def _on_signal(self, signum: int, first: bool) -> None:
-        live = [n for n in self.nodes if n.code is None and n.proc.poll() is None]
-        if first:
+    def _on_signal(self, signum: int, frame) -> None:
+        """Passed on at once (no printing here: the main thread may be inside a print)."""
+        self._signals.append(signum)
+        live = [n for n in self.nodes if n.proc is not None and n.code is None and n.proc.poll() is None]
+        if len(self._signals) == 1:
             self.stopped_by = signal.Signals(signum).name
-            self.log(f"{self.stopped_by}: asking the trainers to write an emergency checkpoint and stop "
-                     f"(again to kill them now)")
             for node in live:
                 node.proc.send_signal(signal.SIGTERM)  # the agent passes it on to its workers
         else:

@@ -101,8 +101,9 @@ def test_sigterm_writes_an_emergency_checkpoint_that_the_next_start_resumes(tmp_
     lines = [line for line in stopped.log.splitlines() if "emergency checkpoint at step" in line]
     assert len(lines) == 1, stopped.log[-4000:]
     step = int(lines[0].rsplit(" ", 1)[1])
-    # The signal lands during step sent+1 at the latest (steps take ~0.2 s; allow one more).
-    assert sent["step"] <= step <= sent["step"] + 2 and step % SAVE_EVERY != 0
+    # The ranks stop at the first step boundary after the signal reached one of them: within a step or
+    # two of the last logged one (steps take ~0.2 s; a loaded machine may pass up to two more).
+    assert sent["step"] <= step <= sent["step"] + 4 and step < RUN["max_steps"]
     emergency = tmp_path / "out" / "checkpoints" / f"step-{step:06d}"
     assert json.loads((emergency / "COMPLETE").read_text())["step"] == step
     assert not (tmp_path / "out" / "final").exists()

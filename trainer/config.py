@@ -170,7 +170,7 @@ class RunConfig(Section):
         3, ge=0, description="Times the group is restarted after a rank or node dies (torchrun --max-restarts; "
         "a local run also restarts a dead node this often); each restart resumes from the latest checkpoint.",
     )
-    hang_timeout_s: float = Field(
+    hang_timeout_s: int = Field(
         1800, ge=0, description="Fail when no step, eval or checkpoint finishes for this long, naming the rank "
         "that holds the others up (0 = never). Keep it above the slowest of the three.",
     )

@@ -122,12 +122,14 @@ class Trainer:
             is_last = state.step >= self.total_steps
             if self.eval_data is not None and (is_last or (cfg.run.eval_every and state.step % cfg.run.eval_every == 0)):
                 self.evaluate()
-            if is_last or state.stopped_early or (cfg.run.save_every and state.step % cfg.run.save_every == 0):
+            saved = is_last or state.stopped_early or (cfg.run.save_every and state.step % cfg.run.save_every == 0)
+            if saved:
                 self.save()
             self.runlog.flush()
             if self.stop.requested():
                 self.runlog.info(f"stop requested (SIGTERM): emergency checkpoint at step {state.step}")
-                self.save()
+                if not saved:
+                    self.save()
                 self.watchdog.stop()
                 bar.close()
                 return
