@@ -50,21 +50,21 @@ def kill_node(worker_pid: int) -> int:
     return agent.pid
 
 
-def run_cli(tmp: Path, *args: str, failpoints: str = "", timeout: float = 600,
-            on_progress=None) -> FaultRun:
+def run_cli(tmp: Path, *args: str, failpoints: str = "", timeout: float = 600, on_progress=None,
+            env: dict | None = None) -> FaultRun:
     """Run `llmlaunch train ...`; kill the node of every rank that reaches an armed `stop` failpoint.
 
     on_progress(proc, out_dir) is polled while the run goes (e.g. to send SIGTERM at some step).
     """
     points = tmp / "failpoints"
     points.mkdir(exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), LLMLAUNCH_FORCE_CPU="1", LLMLAUNCH_FAILPOINTS=failpoints,
-               LLMLAUNCH_FAILPOINT_DIR=str(points))
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), LLMLAUNCH_FORCE_CPU="1", LLMLAUNCH_FAILPOINTS=failpoints,
+               LLMLAUNCH_FAILPOINT_DIR=str(points), **(env or {}))
     log_path = tmp / f"run-{time.monotonic_ns()}.log"
     start = time.monotonic()
     faults: dict[str, dict] = {}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "train", *args], cwd=REPO, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "train", *args], cwd=REPO, env=full_env,
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             while proc.poll() is None:

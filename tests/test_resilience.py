@@ -118,7 +118,8 @@ def test_sigterm_writes_an_emergency_checkpoint_that_the_next_start_resumes(tmp_
 def test_two_nodes_resume_on_one_past_a_damaged_latest_checkpoint(tmp_path, reference):
     """Checkpoints of the 2-rank reference, the newest with a truncated shard: the 1-rank run warns,
     falls back to step 4, converts it (DeepSpeed universal checkpoint) and carries on with the same
-    samples: grad_accum 2 keeps the global batch (and its split into micro batches) unchanged."""
+    samples: grad_accum 2 keeps the global batch (and its split into micro batches) unchanged.
+    A stale torch-extensions build lock is left in its way too."""
     out = tmp_path / "out"
     for step in (4, 8):
         shutil.copytree(reference / "checkpoints" / f"step-{step:06d}", out / "checkpoints" / f"step-{step:06d}")
@@ -127,9 +128,16 @@ def test_two_nodes_resume_on_one_past_a_damaged_latest_checkpoint(tmp_path, refe
     size = original // 2
     shard.write_bytes(shard.read_bytes()[:size])
 
+    # As left by a rank killed while DeepSpeed JIT-built an op: a start must not wait on it forever.
+    extensions = tmp_path / "torch_extensions"
+    (extensions / "deepspeed_shm_comm").mkdir(parents=True)
+    (extensions / "deepspeed_shm_comm" / "lock").touch()
+
     job = tiny_job(tmp_path, run={**RUN, "grad_accum": 2})
-    result = run_cli(tmp_path, str(job), "--nodes", "1", "--nproc-per-node", "1")
+    result = run_cli(tmp_path, str(job), "--nodes", "1", "--nproc-per-node", "1",
+                     env={"TORCH_EXTENSIONS_DIR": str(extensions)}, timeout=300)
     assert result.returncode == 0, result.log[-4000:]
+    assert "shm_comm_op built" not in result.log
     assert (f"warning: checkpoint {out / 'checkpoints' / 'step-000008'} is damaged: "
             f"zero_pp_rank_1_mp_rank_00_optim_states.pt has {size} bytes, expected {original}") in result.log
     assert "step-000004 was written by 2 processes, resuming with 1: converting it" in result.log

@@ -45,11 +45,22 @@ def init_distributed(timeout_s: float = 1800) -> Topology:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
+    if device.type == "cpu":
+        skip_shm_comm_build()
     deepspeed.init_distributed(
         dist_backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s)
     )
     node_rank = int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", 0)))
     return Topology(dist.get_rank(), local_rank, dist.get_world_size(), node_rank, device)
+
+
+def skip_shm_comm_build() -> None:
+    """On CPUs DeepSpeed JIT-builds its shared-memory all-reduce at every start, holding a file lock in
+    ~/.cache/torch_extensions; a rank killed meanwhile (a lost node, a restart) leaves the lock behind
+    and every later start waits on it forever. Only inference and tensor parallelism use the op."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def load_ds_config(cfg: TrainConfig, config_path: Path, world_size: int, precision: str) -> dict[str, Any]:
