@@ -10,7 +10,13 @@ from typing import Any
 
 from launcher import names
 from launcher.spec import JobSpec
-from launcher.torchrun import PYTORCHJOB_RDZV_ENDPOINT, TRAIN_CONFIG_IN_POD, TRAINJOB_RDZV_ENDPOINT, pod_torchrun
+from launcher.torchrun import (
+    PYTORCHJOB_RDZV_ENDPOINT,
+    TRAIN_CONFIG_IN_POD,
+    TRAINJOB_RDZV_ENDPOINT,
+    agent_env,
+    pod_torchrun,
+)
 
 CONFIG_DIR = TRAIN_CONFIG_IN_POD.rsplit("/", 1)[0]
 PYTORCHJOB_PORT = 23456  # the operator's default rendezvous port (container port "pytorchjob-port")
@@ -25,7 +31,7 @@ def container_name(spec: JobSpec) -> str:
 
 def command(spec: JobSpec) -> list[str]:
     c = spec.cluster
-    max_restarts = c.elastic.max_restarts if c.elastic else 0
+    max_restarts = c.elastic.max_restarts if c.elastic else spec.train.run.max_restarts
     endpoint = TRAINJOB_RDZV_ENDPOINT if c.api == "trainjob" else PYTORCHJOB_RDZV_ENDPOINT
     nnodes = f"{c.elastic.min_nodes}:{c.elastic.max_nodes}" if c.elastic else str(c.nodes)
     cmd = pod_torchrun(nnodes, c.procs_per_node, max_restarts=max_restarts, rdzv_endpoint=None if c.elastic else endpoint)
@@ -40,6 +46,7 @@ def env(spec: JobSpec) -> list[dict[str, Any]]:
     maps sorted), then the pod's namespace, then secretKeyRefs; secret values never appear in a manifest."""
     c = spec.cluster
     plain = {"LLMLAUNCH_JOB": spec.name, "HOME": SCRATCH, "PYTHONUNBUFFERED": "1",
+             **agent_env(c.termination_grace_period_seconds),
              **dict(sorted(c.network.nccl.items())), **dict(sorted(c.env.items()))}
     out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
     # The metrics' namespace label, from the downward API.

@@ -43,6 +43,10 @@ def test_tiny_is_a_configmap_a_policy_a_podmonitor_and_a_one_node_pytorchjob_cre
     assert job["spec"]["nprocPerNode"] == "1"
 
 
+def job_grace(job: dict) -> int:
+    return pod_spec(job, "Worker")["terminationGracePeriodSeconds"]
+
+
 def test_multi_node_gpu_job_topology():
     objs = objects("cluster.gpus_per_node=8", "cluster.nodes=4")
     job, cm = objs["PyTorchJob"], objs["ConfigMap"]
@@ -55,8 +59,11 @@ def test_multi_node_gpu_job_topology():
     assert container["name"] == "pytorch"  # the operator injects PET_* only into this container
     assert container["command"] == [
         "torchrun", "--nnodes=4", "--nproc-per-node=8", "--rdzv-backend=c10d",
-        "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)", "--max-restarts=0",
+        "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)", "--max-restarts=3",  # train.run.max_restarts
         "-m", "trainer", "--config", "/etc/llmlaunch/train.yaml"]
+    # a restartable rendezvous, and torchrun waits the grace period for the emergency checkpoint
+    assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in container["env"]
+    assert {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(job_grace(job))} in container["env"]
     assert container["resources"] == {"requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": 8},
                                       "limits": {"memory": "16Gi", "nvidia.com/gpu": 8}}
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"pytorchjob-port": 23456, "metrics": 9400}

@@ -136,7 +136,7 @@ annotations:
 {{- $cmd = list "env" (printf "--chdir=%s" $v.storage.mountPath) -}}
 {{- end -}}
 {{- $nnodes := printf "%d" (int $v.nodes) -}}
-{{- $maxRestarts := 0 -}}
+{{- $maxRestarts := int (dig "run" "max_restarts" 0 (fromYaml $v.config.trainYaml)) -}}
 {{- if $v.elastic -}}
 {{- $nnodes = printf "%d:%d" (int $v.elastic.minNodes) (int $v.elastic.maxNodes) -}}
 {{- $maxRestarts = int (dig "maxRestarts" 3 $v.elastic) -}}
@@ -154,6 +154,9 @@ annotations:
 {{- define "llmlaunch.env" -}}
 {{- $v := .Values -}}
 {{- $env := list (dict "name" "LLMLAUNCH_JOB" "value" (include "llmlaunch.name" .)) (dict "name" "HOME" "value" "/tmp") (dict "name" "PYTHONUNBUFFERED" "value" "1") -}}
+{{- /* torchrun agents: restartable rendezvous, and the grace period for the emergency checkpoint (launcher/torchrun.py agent_env) */ -}}
+{{- $env = append $env (dict "name" "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" "value" "1") -}}
+{{- $env = append $env (dict "name" "TORCH_ELASTIC_SHUTDOWN_TIMEOUT" "value" (printf "%d" (int $v.terminationGracePeriodSeconds))) -}}
 {{- range $map := list ($v.network.nccl | default dict) ($v.env | default dict) -}}
 {{- range $key := keys $map | sortAlpha -}}
 {{- $env = append $env (dict "name" $key "value" (toString (get $map $key))) -}}
