@@ -95,10 +95,11 @@ def test_zero3_exports_the_gathered_weights(tmp_path):
     data = build_data(cfg, load_tokenizer(cfg.model), split="eval", packing=True, cache_dir=out / "cache")
     total = count = 0.0
     with torch.no_grad():
-        for batch in data.iter_batches(0, 0, rank=0, world_size=1, micro_batch_size=4, seed=cfg.run.seed):
-            n = (batch["labels"][:, 1:] != -100).sum().item()
-            total += model(**batch).loss.item() * n
-            count += n
+        for rank in (0, 1):  # exactly the two ranks' eval shards the trainer averaged
+            for batch in data.iter_batches(0, 0, rank=rank, world_size=2, micro_batch_size=4, seed=cfg.run.seed):
+                n = (batch["labels"][:, 1:] != -100).sum().item()
+                total += model(**batch).loss.item() * n
+                count += n
     assert total / count == pytest.approx(reported, abs=1e-4)
     generate(model, out)
 
