@@ -1,6 +1,6 @@
 """llmlaunch vs the Hugging Face Trainer on this machine's CPU, side by side in one run; prints one JSON line.
 
-    PYTHONPATH=. python bench/cpu_vs_hf.py [--epochs 1.0] [--keep DIR]
+    PYTHONPATH=. python bench/cpu_vs_hf.py [--epochs 1.0] [--packed-micro-batch 8] [--no-unpacked] [--keep DIR]
 
 Both sides: examples/tiny.yaml's Llama model built from its config with the same seed (same initial
 weights), the bundled tokenizer, examples/data/tiny/train.jsonl (3,800 documents of 6-113 tokens),
@@ -17,6 +17,8 @@ the steps must differ for the tokens to be equal); the warm-up is the same 10% s
 unpacked run matches HF exactly: same steps, tokens per step, micro batch and learning rate. Fewer,
 larger steps at the same learning rate learn less per token early in training, which the packed run's
 eval loss shows; that is the optimisation trade of a bigger token batch, not of the trainer.
+`--packed-micro-batch 3` gives the packed run about the useful tokens per step of an HF step instead
+(3 x 128 vs 8 documents of ~46 tokens), hence about the same number of steps.
 Every final model is scored by one judge: next-token loss over examples/data/tiny/eval.jsonl, each
 document alone. Throughput: useful (predicted, non-padding) tokens per second over steps 2..N, rank 0's
 clock. Target (issue 7): llmlaunch/HF useful tokens/s >= 1.5 with eval loss <= HF's + 2%.
@@ -52,7 +54,7 @@ def tiny_model() -> dict:
     return yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text())["train"]["model"]["config"]
 
 
-def llmlaunch_job(work: Path, steps: int, packing: bool = True) -> dict:
+def llmlaunch_job(work: Path, steps: int, packing: bool = True, micro_batch: int = MICRO_BATCH) -> dict:
     name = "packed" if packing else "unpacked"
     return {"name": f"bench-{name}", "cluster": {"nodes": 1, "gpus_per_node": 0}, "train": {
         "model": {"config": tiny_model(), "tokenizer": str(DATA / "tokenizer")},
@@ -60,7 +62,7 @@ def llmlaunch_job(work: Path, steps: int, packing: bool = True) -> dict:
                  "cache_dir": str(work / "cache")},
         "optim": {**OPTIM, "grad_clip": 1.0},
         "schedule": {"kind": "cosine", "warmup_steps": max(1, round(0.1 * steps)), "min_lr_ratio": 0.1},
-        "run": {"output_dir": str(work / name), "max_steps": steps, "micro_batch_size": MICRO_BATCH,
+        "run": {"output_dir": str(work / name), "max_steps": steps, "micro_batch_size": micro_batch,
                 "log_every": 10, "eval_every": 0, "save_every": 0, "seed": SEED, "resume": False},
         "deepspeed": {"preset": "zero2"}, "precision": "fp32", "metrics": {"enabled": False},
     }}
@@ -69,6 +71,9 @@ def llmlaunch_job(work: Path, steps: int, packing: bool = True) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training documents, each side")
+    parser.add_argument("--packed-micro-batch", type=int, default=MICRO_BATCH,
+                        help="rows per micro batch of the packed run (default: the HF side's 8)")
+    parser.add_argument("--no-unpacked", action="store_true", help="skip the llmlaunch run with packing off")
     parser.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="cpu-vs-hf-"))
@@ -85,7 +90,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(DATA / "tokenizer")
     texts = [json.loads(line)["text"] for line in (DATA / "tiny" / "train.jsonl").read_text().splitlines() if line]
     documents = len([t for t in texts if t])
-    llm_steps = round(args.epochs * len(packed) / (MICRO_BATCH * WORLD))
+    llm_steps = round(args.epochs * len(packed) / (args.packed_micro_batch * WORLD))
     hf_steps = round(args.epochs * documents / (MICRO_BATCH * WORLD))
 
     threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // WORLD))}  # what `llmlaunch train` sets
@@ -101,8 +106,11 @@ def main() -> None:
                          work / "hf.log", env={**threads, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)})
 
     walls = {}
-    for name, packing, steps in (("packed", True, llm_steps), ("unpacked", False, hf_steps)):
-        (work / f"{name}.yaml").write_text(yaml.safe_dump(llmlaunch_job(work, steps, packing), sort_keys=False))
+    runs = [("packed", True, llm_steps, args.packed_micro_batch)] + ([] if args.no_unpacked else
+                                                                     [("unpacked", False, hf_steps, MICRO_BATCH)])
+    for name, packing, steps, micro_batch in runs:
+        job = llmlaunch_job(work, steps, packing, micro_batch)
+        (work / f"{name}.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
         walls[name] = run_logged([sys.executable, "-m", "launcher.cli", "train", str(work / f"{name}.yaml"),
                                   "--nproc-per-node", str(WORLD)], work / f"{name}.log",
                                  env={"LLMLAUNCH_FORCE_CPU": "1", "PYTHONPATH": str(ROOT)})
@@ -124,7 +132,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "cpu_vs_hf", "device": f"cpu x{os.cpu_count()}", "versions": versions(),
         "setup": {"model": "examples/tiny.yaml (llama, hidden 128, 4 layers)", "seq_len": SEQ_LEN,
-                  "micro_batch": MICRO_BATCH, "processes": WORLD, "zero": 2, "precision": "fp32", "lr": LR,
+                  "micro_batch": MICRO_BATCH, "packed_micro_batch": args.packed_micro_batch, "processes": WORLD,
+                  "zero": 2, "precision": "fp32", "lr": LR,
                   "epochs": args.epochs, "train_documents": documents, "packed_rows": len(packed),
                   "eval_documents": len(eval_docs)},
         "hf_trainer": hf, **sides, "vs_hf": versus, "work_dir": str(work) if args.keep else None,

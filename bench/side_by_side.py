@@ -66,7 +66,7 @@ def hf_figures(out: Path) -> dict:
     figures = {
         "steps": steps, "useful_tokens": sum(sum(r["tokens"][:steps]) for r in per_rank),
         "useful_tokens_per_s": round(after_first / seconds, 1), "step_s": round(seconds / (steps - 1), 4),
-        "final_train_loss": round(main["train_loss"], 6),
+        "mean_train_loss": round(main["train_loss"], 6),  # the Trainer's average over the whole run
     }
     if "peak_memory_gib" in main:
         figures["peak_memory_gib"] = round(main["peak_memory_gib"], 2)
