@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from launcher.cluster_sections import (
     Elastic, Monitoring, Network, Resources, RunPolicy, Scheduling, SecretEnv, Section, Security, Storage,
 )
-from launcher.k8s_types import Annotations, DnsLabel, DnsName, Labels, StrDict
+from launcher.k8s_types import ENV_NAME, Annotations, DnsLabel, DnsName, Labels, StrDict
 
 SECRET_LIKE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CREDENTIAL", re.IGNORECASE)
 # Set by llmlaunch or the training operator; a user value would silently break the topology.
@@ -85,7 +85,7 @@ class ClusterSpec(Section):
     @classmethod
     def _plain_env(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            if not ENV_NAME.match(name):
                 raise ValueError(f"{name!r} is not an environment variable name")
             if SECRET_LIKE.search(name):
                 raise ValueError(f"{name} looks like a secret; pass it through cluster.secrets (a secretKeyRef)")

@@ -41,6 +41,7 @@ def test_numbers_from_yaml_become_kubernetes_strings():
         (["cluster.nodes=0"], "cluster.nodes: Input should be greater than or equal to 1 (got 0)"),
         (["cluster.resources.memory=lots"], "cluster.resources.memory: not a Kubernetes quantity"),
         (["cluster.namespace=Team_A"], "cluster.namespace: must be a DNS-1123 label"),
+        (["cluster.env.1BAD=x"], "cluster.env: '1BAD' is not an environment variable name"),
         (["cluster.env.HF_TOKEN=hf_abc"], "cluster.env: HF_TOKEN looks like a secret; pass it through cluster.secrets"),
         (["cluster.env.WANDB_API_KEY=x"], "WANDB_API_KEY looks like a secret"),
         (["cluster.env.PET_NNODES=3"], "PET_NNODES is set by llmlaunch or the training operator"),

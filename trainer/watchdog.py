@@ -104,7 +104,7 @@ class Watchdog:
                                                          "pid": os.getpid()}}
         try:
             reports, infos = self._exchange(mine, wait_s)
-        except Exception:
+        except Exception:  # peers unreachable (store gone, ranks dead): report what this rank knows
             pass
         if self.rank == min(reports):
             print(f"[llmlaunch] {diagnose(reports, infos, self.world, self.timeout)}", file=sys.stderr, flush=True)
