@@ -160,8 +160,11 @@ def test_lora_fine_tunes_an_adapter(tmp_path, pretrained):
 
 
 def test_prefix_tuning_trains_virtual_tokens(tmp_path, pretrained):
+    # Four virtual tokens in front of a random base move its loss slowly: at the shared lr of 3e-3 the
+    # 8-step drop (~0.015) was smaller than the batch-to-batch noise, so this run uses the higher lr
+    # prefix tuning is usually given (drop ~0.15 here).
     job = tiny_job(tmp_path, model={"config": None, "pretrained": str(pretrained), "tokenizer": None},
-                   method={"kind": "prefix", "prefix": {"num_virtual_tokens": 4}})
+                   method={"kind": "prefix", "prefix": {"num_virtual_tokens": 4}}, optim={"lr": 0.1})
     train(job)
     out = tmp_path / "out"
     from peft import PeftConfig, PeftModel
@@ -170,4 +173,7 @@ def test_prefix_tuning_trains_virtual_tokens(tmp_path, pretrained):
     assert PeftConfig.from_pretrained(out / "final").peft_type == "PREFIX_TUNING"
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(pretrained), out / "final")
     generate(tuned, out)
-    assert metrics(out)[-1]["loss"] < metrics(out)[0]["loss"]
+    records = metrics(out)
+    assert records[-1]["loss"] < records[0]["loss"] - 0.05
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert evals[-1] < evals[0]

@@ -33,8 +33,10 @@ def build_model(cfg: TrainConfig, ds_config: dict[str, Any]) -> torch.nn.Module:
 
         keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841 (weakly referenced by transformers)
     kwargs = {"attn_implementation": cfg.model.attn_implementation}
+    # Seeded before anything random is created: a config-built model's weights and peft's adapter
+    # (LoRA A matrices, prefix embeddings) come out the same on every rank and in every run.
+    torch.manual_seed(cfg.run.seed)
     if cfg.model.config is not None:
-        torch.manual_seed(cfg.run.seed)  # identical random init on every rank
         model = AutoModelForCausalLM.from_config(hf_config(cfg), **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(
