@@ -143,7 +143,8 @@ def test_lora_fine_tunes_an_adapter(tmp_path, pretrained):
     job = tiny_job(tmp_path, model={"config": None, "pretrained": str(pretrained), "tokenizer": None},
                    data={"train": str(DATA / "tiny" / "chat.jsonl"), "eval": str(DATA / "tiny" / "chat_eval.jsonl"),
                          "format": "chat"},
-                   method={"kind": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}})
+                   method={"kind": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
+                   optim={"lr": 1e-2})  # adapters take a higher lr: the 8-step drop is ~0.2, not ~0.05
     train(job)
     out = tmp_path / "out"
     from peft import PeftModel
@@ -156,7 +157,7 @@ def test_lora_fine_tunes_an_adapter(tmp_path, pretrained):
     lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero: training moved it
     generate(tuned, out)
-    assert metrics(out)[-1]["loss"] < metrics(out)[0]["loss"]
+    assert metrics(out)[-1]["loss"] < metrics(out)[0]["loss"] - 0.05
 
 
 def test_prefix_tuning_trains_virtual_tokens(tmp_path, pretrained):
