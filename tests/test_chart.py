@@ -169,3 +169,21 @@ def test_package_is_a_self_contained_archive(tmp_path):
     from_archive = template("run", "-f", ci_values("multi-node"), chart=archive)
     assert from_archive == from_dir
     assert "0 chart(s) failed" in helm("lint", "--strict", str(archive)).stdout
+
+
+@pytest.mark.parametrize("written", [1, None])
+def test_torchrun_restarts_follow_train_run_max_restarts(tmp_path, written):
+    # The pods' torchrun restarts the group as often as train.yaml says; a trainYaml written by hand
+    # without the key gets TrainConfig's default, as `llmlaunch render` would give it.
+    from trainer.config import RunConfig
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    train = yaml.safe_load(values["config"]["trainYaml"])
+    train["run"].pop("max_restarts")
+    if written is not None:
+        train["run"]["max_restarts"] = written
+    values_file = chart_helm.write_values({"config": {"trainYaml": yaml.safe_dump(train)}}, tmp_path)
+    job = by_kind(template("run", "-f", str(values_file)))["PyTorchJob"][0]
+    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    expected = RunConfig.model_fields["max_restarts"].default if written is None else written
+    assert f"--max-restarts={expected}" in command

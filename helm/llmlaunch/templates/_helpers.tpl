@@ -136,7 +136,8 @@ annotations:
 {{- $cmd = list "env" (printf "--chdir=%s" $v.storage.mountPath) -}}
 {{- end -}}
 {{- $nnodes := printf "%d" (int $v.nodes) -}}
-{{- $maxRestarts := int (dig "run" "max_restarts" 0 (fromYaml $v.config.trainYaml)) -}}
+{{- /* train.run.max_restarts; 3 is TrainConfig's default, for a hand-written trainYaml without it */ -}}
+{{- $maxRestarts := int (dig "run" "max_restarts" 3 (fromYaml $v.config.trainYaml)) -}}
 {{- if $v.elastic -}}
 {{- $nnodes = printf "%d:%d" (int $v.elastic.minNodes) (int $v.elastic.maxNodes) -}}
 {{- $maxRestarts = int (dig "maxRestarts" 3 $v.elastic) -}}
