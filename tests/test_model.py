@@ -1,4 +1,4 @@
-"""Model building: run.seed fixes every random initial weight, pretrained bases and peft adapters included."""
+"""Model building: run.seed fixes every random initial weight, a peft adapter's on a pretrained base included."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from launcher.spec import load_job
 from trainer.model import build_model
-from trainjobs import DATA, TINY_MODEL, tiny_job
+from trainjobs import save_tiny_pretrained, tiny_job
 
 METHODS = {
     "lora": {"kind": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
@@ -17,13 +17,7 @@ METHODS = {
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("base") / "model"
-    arch = dict(TINY_MODEL)
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(arch.pop("model_type"), **arch)).save_pretrained(out)
-    AutoTokenizer.from_pretrained(DATA / "tokenizer").save_pretrained(out)
-    return out
+    return save_tiny_pretrained(tmp_path_factory.mktemp("base") / "model")
 
 
 def trainable_weights(tmp_path, pretrained, method: str, seed: int) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainjobs import DATA, TINY_MODEL, losses, metrics, tiny_job, train
+from trainjobs import DATA, losses, metrics, save_tiny_pretrained, tiny_job, train
 
 pytestmark = pytest.mark.distributed
 
@@ -26,16 +26,7 @@ def zero2_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
-    """A 'pretrained' HF model directory to fine-tune (random weights, saved with plain transformers)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("base") / "model"
-    arch = dict(TINY_MODEL)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch.pop("model_type"), **arch))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(DATA / "tokenizer").save_pretrained(out)
-    return out
+    return save_tiny_pretrained(tmp_path_factory.mktemp("base") / "model")
 
 
 def load_final(out: Path):

@@ -41,6 +41,18 @@ def tiny_job(tmp: Path, name: str = "t", **sections) -> Path:
     return path
 
 
+def save_tiny_pretrained(out: Path) -> Path:
+    """A 'pretrained' HF model directory to fine-tune: TINY_MODEL with seeded random weights, plus the tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    arch = dict(TINY_MODEL)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(arch.pop("model_type"), **arch)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(DATA / "tokenizer").save_pretrained(out)
+    return out
+
+
 def llmlaunch_env(**extra: str) -> dict:
     return dict(os.environ, PYTHONPATH=str(REPO), LLMLAUNCH_FORCE_CPU="1", **extra)
 
