@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Fallback when no prebuilt kube-apiserver is at hand: build v1.20.2 from Debian bookworm's own
-# `kubernetes` source package (~290 s, ~1.3 GB RAM, 1.9 GB build tree removed afterwards).
-# Usage: build-kube-apiserver.sh WORKDIR OUTDIR
+# Fallback when no prebuilt Kubernetes binaries are at hand: build v1.20.2 components from Debian
+# bookworm's own `kubernetes` source package (~290 s and ~1.3 GB RAM for the first, ~1-2 min for each
+# further one from the same tree; the 1.9 GB build tree is removed afterwards).
+# Usage: build-kube-apiserver.sh WORKDIR OUTDIR [TARGET...]   (TARGET: kube-apiserver (default), kubelet,
+#        kube-scheduler, kube-controller-manager)
 set -euo pipefail
-W=${1:?workdir}; OUT=${2:?outdir}
+W=${1:?workdir}; OUT=${2:?outdir}; shift 2
+TARGETS=("${@:-kube-apiserver}")
 mkdir -p "$W" "$OUT"
 if ! ls /etc/apt/sources.list.d/debian-src.sources >/dev/null 2>&1; then
   sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources > /etc/apt/sources.list.d/debian-src.sources
@@ -22,6 +25,8 @@ rm -f vendor/github.com/modern-go/reflect2/go.mod
 mkdir -p .go/src/k8s.io; [ -L .go/src/k8s.io/kubernetes ] || ln -s ../../.. .go/src/k8s.io/kubernetes
 export GOPATH=$PWD/.go CGO_ENABLED=0 GOPROXY=off GOFLAGS= HOME=$W/home
 export KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR=20 KUBE_GIT_TREE_STATE=archive
-make WHAT=cmd/kube-apiserver >"$W/make.log" 2>&1
-cp _output/bin/kube-apiserver "$OUT/"
+for target in "${TARGETS[@]}"; do
+  make WHAT="cmd/$target" >"$W/make-$target.log" 2>&1
+  cp "_output/bin/$target" "$OUT/"
+done
 cd / && rm -rf "$W"

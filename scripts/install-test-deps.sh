@@ -21,6 +21,12 @@ command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 python3 -c "import ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+# The real node (tests marked `pods`): containerd + runc + CNI plugins run the pods, podman + mmdebstrap
+# build the images, dnsmasq plays cluster DNS, gcc builds the pause binary, busybox the init container.
+for pkg in containerd runc containernetworking-plugins podman uidmap mmdebstrap dnsmasq-base gcc libc6-dev \
+           iproute2 busybox-static; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   apt-get update -qq
@@ -38,20 +44,25 @@ if [ ! -x "$TOOLS/helm" ] || [ ! -x "$TOOLS/kubectl" ]; then
   rm -rf "$t"
 fi
 
-APISERVER=$CACHE/kube-apiserver-v1.20.2
-if [ ! -x "$APISERVER" ]; then
-  prebuilt=../shared/bin/kube-apiserver-v1.20.2-linux-amd64.gz
+# Kubernetes v1.20.2: the apiserver for every cluster test; controller-manager, scheduler and kubelet
+# for the real node of the `pods` tests.
+for component in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
+  bin=$CACHE/$component-v1.20.2
+  [ -x "$bin" ] && continue
+  prebuilt=../shared/bin/$component-v1.20.2-linux-amd64.gz
   if [ -f "$prebuilt" ]; then
-    echo "==> kube-apiserver from $prebuilt"
-    gunzip -c "$prebuilt" > "$APISERVER.tmp"
-    (cd "$(dirname "$APISERVER")" && echo "$(cut -d' ' -f1 "$OLDPWD/${prebuilt%.gz}.sha256")  $(basename "$APISERVER").tmp" | sha256sum -c --quiet)
+    echo "==> $component from $prebuilt"
+    gunzip -c "$prebuilt" > "$bin.tmp"
+    (cd "$CACHE" && echo "$(cut -d' ' -f1 "$OLDPWD/${prebuilt%.gz}.sha256")  $(basename "$bin").tmp" | sha256sum -c --quiet)
   else
-    echo "==> building kube-apiserver v1.20.2 from Debian's kubernetes source package (~5 min, once)"
-    bash scripts/build-kube-apiserver.sh "$(mktemp -d)" "$CACHE/build"
-    mv "$CACHE/build/kube-apiserver" "$APISERVER.tmp"
+    echo "==> building $component v1.20.2 from Debian's kubernetes source package (~2-5 min, once)"
+    bash scripts/build-kube-apiserver.sh "$(mktemp -d)" "$CACHE/build" "$component"
+    mv "$CACHE/build/$component" "$bin.tmp"
   fi
-  chmod +x "$APISERVER.tmp" && mv "$APISERVER.tmp" "$APISERVER"
-fi
+  chmod +x "$bin.tmp" && mv "$bin.tmp" "$bin"
+done
+APISERVER=$CACHE/kube-apiserver-v1.20.2
+
 # Manifest checks: kubernetes-validate (Kubernetes OpenAPI schemas) in .venv; checkov in a venv of its
 # own, since its pinned dependencies clash with the trainer's.
 if ! .venv/bin/python -c "import kubernetes_validate" 2>/dev/null; then

@@ -6,4 +6,4 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Fixtures that start real servers live in tests/fixtures/ (one module each).
-pytest_plugins = ["tests.fixtures.prometheus", "tests.fixtures.control_plane"]
+pytest_plugins = ["tests.fixtures.prometheus", "tests.fixtures.control_plane", "tests.fixtures.node"]
