@@ -31,8 +31,9 @@ class ClusterSpec(Section):
 
     nodes: int = Field(1, ge=1, description="Pods (one torchrun agent each): 1 master + nodes-1 workers.")
     gpus_per_node: int = Field(0, ge=0, description="GPUs per pod; also torchrun's nproc_per_node (0 = one CPU process).")
-    image: str = Field(
-        "ghcr.io/llmlaunch/trainer:0.1.0", min_length=1, description="Container image with llmlaunch's trainer."
+    image: str | None = Field(
+        None, min_length=1, description="The trainer image, built from the repository's Dockerfile and pushed to "
+        "a registry the cluster pulls from (docs/cluster.md); no default. --image sets it."
     )
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
         "IfNotPresent", description="When the kubelet pulls the image."
@@ -68,8 +69,8 @@ class ClusterSpec(Section):
 
     @field_validator("image")
     @classmethod
-    def _image_is_one_token(cls, image: str) -> str:
-        if any(c.isspace() for c in image):
+    def _image_is_one_token(cls, image: str | None) -> str | None:
+        if image is not None and any(c.isspace() for c in image):
             raise ValueError(f"an image reference has no whitespace (got {image!r})")
         return image
 

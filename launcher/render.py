@@ -130,6 +130,18 @@ def check_ports(spec: JobSpec) -> None:
         raise ConfigError([f"train.metrics.port: {port} is {taken[port]}; choose another"])
 
 
+IMAGE_MISSING = ("cluster.image is not set: build the trainer image from the repository's Dockerfile, push it "
+                 "(docker build -t REGISTRY/llmlaunch-trainer:0.1.0 . && docker push REGISTRY/llmlaunch-trainer:0.1.0; "
+                 "docs/cluster.md) and set cluster.image or pass --image")
+
+
+def check_image(spec: JobSpec) -> None:
+    """Pods need an image that exists: llmlaunch names none by default (a made-up default only fails later,
+    as ImagePullBackOff in the cluster)."""
+    if spec.cluster.image is None:
+        raise ConfigError([IMAGE_MISSING])
+
+
 def _meta(spec: JobSpec, name: str, component: str, extra_labels: dict | None = None) -> dict[str, Any]:
     return {"name": name, "namespace": spec.cluster.namespace,
             "labels": {**names.common_labels(spec, component), **(extra_labels or {})},
@@ -140,6 +152,7 @@ def documents(spec: JobSpec) -> list[str]:
     """The rendered template text of each object, in creation order (the job last)."""
     names.check_names(spec)
     check_ports(spec)
+    check_image(spec)
     env, c, name = environment(), spec.cluster, spec.name
     docs = [env.get_template("configmap.yaml.j2").render(meta=_meta(spec, names.config_map(name), "config"),
                                                          files=config_files(spec))]

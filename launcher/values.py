@@ -83,6 +83,7 @@ def documented_yaml(values: dict[str, Any], header: list[str]) -> str:
 
 def values_file(spec: JobSpec, source: str) -> str:
     """What `llmlaunch values` prints: the documented values of one job."""
+    render.check_image(spec)
     header = [
         f"Helm values for job {spec.name}, written by `llmlaunch values {source}`.",
         f"Install: {install_hint(spec, 'values.yaml')}",

@@ -9,6 +9,9 @@ from launcher.spec import JobSpec, load_job
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
+# No image is built in these tests; any reference does (the cluster commands require one: no default).
+TEST_IMAGE = "registry.example.com/ml/llmlaunch-trainer:0.1.0"
+
 VARIANTS = {  # name -> (example, overrides)
     "tiny-4nodes": ("tiny", ["cluster.nodes=4"]),
     "tiny-trainjob": ("tiny", ["cluster.api=trainjob", "cluster.nodes=2", "cluster.storage.size=10Gi"]),
@@ -24,4 +27,4 @@ def cases() -> dict[str, tuple[Path, list[str]]]:
 
 def load_case(name: str) -> JobSpec:
     path, overrides = cases()[name]
-    return load_job(path, overrides, resolve_paths=False)
+    return load_job(path, [f"cluster.image={TEST_IMAGE}", *overrides], resolve_paths=False)

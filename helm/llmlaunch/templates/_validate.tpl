@@ -6,6 +6,9 @@ ClusterSpec applies to a job file). Each message names the value to change.
 {{- $v := .Values -}}
 {{- $name := include "llmlaunch.name" . -}}
 {{- $storage := $v.storage -}}
+{{- if not $v.image -}}
+{{- fail "image is not set: build the trainer image from the repository's Dockerfile, push it (docs/cluster.md) and set image (--set image=REGISTRY/llmlaunch-trainer:0.1.0)" -}}
+{{- end -}}
 {{- if and $storage.claim $storage.size -}}
 {{- fail "storage: set storage.claim (an existing PVC) or storage.size (a new PVC), not both" -}}
 {{- end -}}
