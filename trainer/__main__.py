@@ -10,6 +10,8 @@ from pathlib import Path
 
 from trainer.config import ConfigError, load_train_config
 
+STOPPED_EXIT = 128 + 15  # the shell's code for "terminated by SIGTERM"; retryable for the training operator
+
 
 def quiet_libraries() -> None:
     """Keep the run's output about the run: no per-file progress bars or import-time notices."""
@@ -43,13 +45,16 @@ def main(argv: list[str] | None = None) -> int:
                                   gpu_has_bf16=has_gpu and torch.cuda.is_bf16_supported())
         from trainer.loop import Trainer
 
-        Trainer(cfg, args.config, precision).train()
+        finished = Trainer(cfg, args.config, precision).train()
     except ConfigError as e:  # also data problems found while tokenizing, after the process group started
         if os.environ.get("RANK", "0") == "0":
             for line in e.problems:
                 print(f"error: {line}", file=sys.stderr)
         return 2
-    return 0
+    # Stopped by SIGTERM after the emergency checkpoint: not done, so not a success. In a pod whose agent was
+    # not signalled (the workers, when only the master pod is deleted) the failed worker makes torchrun
+    # restart its group and rejoin the recreated master, instead of the pod ending Succeeded mid-run.
+    return 0 if finished else STOPPED_EXIT
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ class Trainer:
         return for_attention(batch, self.cfg.model.attn_implementation, dtype)
 
     # ---- the loop -------------------------------------------------------------------------------
-    def train(self) -> None:
+    def train(self) -> bool:
+        """Train to the end (True), or until a SIGTERM stops every rank after a checkpoint (False)."""
         self.setup()
         cfg, state, engine = self.cfg, self.state, self.engine
         batches = self._batches()
@@ -132,11 +133,12 @@ class Trainer:
                     self.save()
                 self.watchdog.stop()
                 bar.close()
-                return
+                return False
         self.watchdog.stop()
         bar.close()
         checkpoint.export(self.engine, self.engine.module, self.tokenizer, self.out / "final", self.topo.is_main)
         self.runlog.finished(state)
+        return True
 
     def _batches(self):
         """Micro batches forever, epoch after epoch, starting at the resumed position."""
