@@ -20,12 +20,11 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
-[ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)  # no service starts on install
 python3 -c "import ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 # The real node (tests marked `pods`): containerd + runc + CNI plugins run the pods, podman + mmdebstrap
-# build the images, dnsmasq plays cluster DNS, gcc builds the pause binary, busybox the init container.
+# build the images, dnsmasq plays cluster DNS, gcc builds the pause binary.
 for pkg in containerd runc containernetworking-plugins podman uidmap mmdebstrap dnsmasq-base gcc libc6-dev \
-           iproute2 busybox-static; do
+           iproute2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

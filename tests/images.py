@@ -3,7 +3,8 @@
     debian   mmdebstrap bookworm minbase + python3-venv, imported into podman
     torch    tests/images/cpu-torch.Containerfile: the stand-in for the CUDA PyTorch base image
     trainer  the repository's own Dockerfile, built with --build-arg BASE_IMAGE=<torch>
-    pause, busybox  one-layer images from static binaries: the pod sandbox, the operator's init container
+    init     tests/images/init-nslookup.Containerfile: the image of the operator's init container
+    pause    a one-layer image of a static binary: the pod sandbox
 
 Podman keeps its store under ~/.cache/llmlaunch/podman and every image is tagged by a hash of what it is
 built from, so a second run on the same machine reuses what did not change. The sandbox's pitfalls (runc
@@ -209,25 +210,28 @@ def pause_archive(workdir: Path, ref: str = "localhost/pause:3.2") -> Path:
     return single_layer_archive(workdir / "pause.tar", ref, {"pause": (binary.read_bytes(), 0o755)}, {}, ["/pause"])
 
 
-def busybox_archive(workdir: Path, ref: str = "localhost/busybox:test") -> Path:
-    """A shell with nslookup (Debian's busybox-static): the image of the operator's init container."""
-    applets = ("sh", "nslookup", "seq", "sleep", "echo", "cat")
-    return single_layer_archive(workdir / "busybox.tar", ref, {"bin/busybox": (Path("/bin/busybox").read_bytes(), 0o755)},
-                                {f"bin/{a}": "busybox" for a in applets}, ["/bin/sh"])
+def init_image(podman: Podman, workdir: Path) -> str:
+    """The image of the operator's init container (`sh -c '... nslookup MASTER ...'`)."""
+    debian = debian_image(podman, workdir)
+    containerfile = REPO / "tests" / "images" / "init-nslookup.Containerfile"
+    ref = f"localhost/llmlaunch-test-init:{_content_hash([containerfile], debian)}"
+    if not podman.exists(ref):
+        podman.build(ref, containerfile, containerfile.parent, {"DEBIAN_IMAGE": debian}, workdir / "init-build.log")
+    return ref
 
 
 def build_all(workdir: Path) -> dict[str, Path | str | float]:
-    """Every image the node needs, as docker archives for `ctr images import`."""
-    podman, timings = Podman(), {}
-    start = time.monotonic()
-    ref = trainer_image(podman, workdir)
-    timings["build_s"] = round(time.monotonic() - start, 1)
-    start = time.monotonic()
+    """Every image the node needs besides the pause image, as docker archives for `ctr images import`."""
+    podman, out = Podman(), {}
     (CACHE / "images").mkdir(parents=True, exist_ok=True)
-    archive = podman.save(ref, CACHE / "images" / f"{ref.rsplit(':', 1)[1]}.tar")
-    timings["save_s"] = round(time.monotonic() - start, 1)
-    return {"trainer": ref, "trainer_archive": archive, "pause_archive": pause_archive(workdir),
-            "busybox_archive": busybox_archive(workdir), **timings}
+    start = time.monotonic()
+    out["trainer"], out["init"] = trainer_image(podman, workdir), init_image(podman, workdir)
+    out["build_s"] = round(time.monotonic() - start, 1)
+    start = time.monotonic()
+    for key in ("trainer", "init"):
+        out[f"{key}_archive"] = podman.save(out[key], CACHE / "images" / f"{out[key].split('/')[-1].replace(':', '-')}.tar")
+    out["save_s"] = round(time.monotonic() - start, 1)
+    return out
 
 
 if __name__ == "__main__":

@@ -140,6 +140,7 @@ def test_alert_rules_and_dashboard_are_monitorings_files():
     (["-f", ci_values("trainjob"), "--set", "scheduling.priorityClass=high"],
      "scheduling.priorityClass cannot be set with api trainjob"),
     (["--set", "name=Job_1"], "- at '/name': 'Job_1' does not match pattern"),
+    (["--set", "image=null"], "image is not set: build the trainer image from the repository's Dockerfile, push it"),
 ])
 def test_bad_values_fail_at_install_time_naming_the_value(args, message):
     result = helm("template", "run", str(CHART), *args, check=False)

@@ -16,6 +16,7 @@ from launcher.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "examples" / "tiny.yaml")
+MULTINODE = str(Path(TINY).parent / "pretrain-multinode.yaml")  # names no image: users build their own
 COMMANDS = ["init", "render", "submit", "status", "list", "logs", "delete", "schema"]
 
 
@@ -57,6 +58,9 @@ def test_render_to_a_directory_writes_one_file_per_object(tmp_path):
         (["render", TINY, "--image", "a b"], "error: cluster.image: an image reference has no whitespace"),
         (["render", TINY, "--set", "train.precision=fp16"], "error: train.precision: fp16 needs a GPU"),
         (["submit", TINY, "--set", "cluster.env.API_TOKEN=x"], "error: cluster.env: API_TOKEN looks like a secret"),
+        # no default image: every cluster command says how to build one instead of naming one that does not exist
+        *(([command, MULTINODE], "error: cluster.image is not set: build the trainer image from the repository's "
+           "Dockerfile, push it") for command in ("render", "values", "submit")),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):

@@ -27,7 +27,7 @@ from operator_standin import PyTorchJobOperator, wait_for
 pytestmark = pytest.mark.cluster
 
 TINY = str(Path(__file__).resolve().parent.parent / "examples" / "tiny.yaml")
-INIT_IMAGE = "localhost/busybox:test"
+INIT_IMAGE = "localhost/llmlaunch-test-init:any"  # the --pytorch-init-container-image flag's value
 
 
 def rendered_job(ns: str, *sets: str) -> dict:
