@@ -85,10 +85,11 @@ class Podman:
             args += ["--build-arg", f"{key}={value}"]
         for path in pip_mounts():
             args += ["-v", f"{path}:{path}:ro"]
-        result = self(*args, str(context), check=False)
-        log.write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise RuntimeError(f"building {ref} failed; the end of {log}:\n{(result.stdout + result.stderr)[-4000:]}")
+        with log.open("w") as out:  # written as it goes: a build takes minutes
+            code = subprocess.run(["podman", *args, str(context)], env=self.env, stdout=out,
+                                  stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise RuntimeError(f"building {ref} failed; the end of {log}:\n{log.read_text()[-4000:]}")
 
     def save(self, ref: str, archive: Path) -> Path:
         if not archive.is_file():

@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     parser.add_argument("--config", required=True, type=Path, help="train.yaml (the train section of a job file)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
-                        format="[llmlaunch] %(message)s")
+    # The first process of every node (pod) says what it does, so each pod's log tells its own story;
+    # the run's progress lines (runlog) stay rank 0's.
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO if os.environ.get("LOCAL_RANK", "0") == "0" else logging.WARNING,
+                        format="[llmlaunch] %(message)s" if rank == "0" else f"[llmlaunch rank {rank}] %(message)s")
     quiet_libraries()
     try:
         cfg = load_train_config(args.config)
