@@ -102,6 +102,7 @@ class Trainer:
         batches = self._batches()
         bar = progress_bar(self.topo, self.total_steps, state.step)
         self.watchdog.start(state.step)
+        engine.train()  # train mode from step 1, whatever mode the model was built or resumed in
         while state.step < self.total_steps and not state.stopped_early:
             t0 = time.perf_counter()
             loss_sum, data_wait = torch.zeros((), device=self.topo.device), 0.0
