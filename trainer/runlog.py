@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from trainer.config import TrainConfig
 from trainer.engine import Topology
+from trainer.gpu_metrics import gather_node_gpus, gpu_uuid
 from trainer.metrics_log import MetricsLog
 from trainer.mfu import flops_per_token, peak_flops
 from trainer.state import LoopState
@@ -74,6 +75,8 @@ class RunLog:
         # Local multi-node runs put several "nodes" on one host: one port each, loopback only.
         local = os.environ.get("LLMLAUNCH_LOCAL_RUN") == "1"
         self.metrics.start(addr="127.0.0.1" if local else "0.0.0.0", port=cfg.metrics.port + (topo.node_rank if local else 0))
+        # Every rank takes part (a collective); the node's serving rank exports only these GPUs.
+        self.metrics.set_node_gpus(gather_node_gpus(gpu_uuid(topo.device), topo.node_rank))
 
     def info(self, message: str) -> None:
         if self.topo.is_main:
