@@ -48,7 +48,8 @@ class Trainer:
         self.model = build_model(cfg, self.ds_config)
         self.engine = make_engine(self.model, cfg, self.ds_config, self.total_steps)
         self.state = LoopState()
-        self.runlog = RunLog(self.out, self.topo, cfg, self.ds_config, self.model, self.total_steps)
+        self.runlog = RunLog(self.out, self.topo, cfg, self.ds_config, self.model, self.total_steps,
+                             attention_len=self.train_data.attention_length)
         if found is not None:
             self.state = LoopState(**resume.load(self.engine, found, cfg.run.micro_batch_size))
             self.runlog.resumed(found.path, self.state.step)

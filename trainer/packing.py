@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from trainer.best_fit import best_fit_rows
-from trainer.length_groups import batch_width, group_by_length, row_lengths
+from trainer.length_groups import batch_width, document_lengths, group_by_length, row_lengths
 
 ARRAYS = ("tokens", "targets", "docs")
 
@@ -136,6 +136,13 @@ class TokenData(torch.utils.data.Dataset):
         if self._lengths is None:
             self._lengths = row_lengths(self.docs)
         return self._lengths
+
+    @property
+    def attention_length(self) -> float:
+        """sum L^2 / sum L over the documents (pieces) of the split: MFU's attention length (trainer/mfu.py)."""
+        from trainer.mfu import attention_length
+
+        return attention_length(document_lengths(self.docs))
 
     # ---- the plan -------------------------------------------------------------------------------------
 
