@@ -71,7 +71,11 @@ def test_flash_attention_2_with_packing_needs_micro_batch_one(tmp_path):
                        "run.micro_batch_size 1 (got 4); use flex_attention or sdpa, or grad_accum for a larger batch")
     load_job(tiny_job(tmp_path, name="one", model=fa2, run={"micro_batch_size": 1}))
     load_job(tiny_job(tmp_path, name="unpacked", model=fa2, data={"packing": False}))
-    load_job(tiny_job(tmp_path, name="flex", model={"attn_implementation": "flex_attention"}))
+    flex = load_job(tiny_job(tmp_path, name="flex", model={"attn_implementation": "flex_attention"})).train
+    with pytest.raises(ConfigError) as info:
+        run_preflight(flex, world_size=1, has_gpu=False)
+    assert info.value.problems == ["train.model.attn_implementation: flex_attention trains only on a GPU (torch has "
+                                   "no flex_attention backward on the CPU); use sdpa"]
 
 
 def test_model_needs_exactly_one_source(tmp_path):
