@@ -46,11 +46,13 @@ def versions() -> dict:
     import torch
 
     out = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda}
-    for name in ("transformers", "deepspeed", "peft", "pydantic", "datasets", "accelerate", "pynvml"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("transformers", "deepspeed", "peft", "pydantic", "datasets", "hjson", "accelerate", "nvidia-ml-py"):
         try:
-            out[name] = __import__(name).__version__
-        except Exception as e:  # missing or broken: the check says which, the rest still runs
-            out[name] = f"unavailable ({type(e).__name__})"
+            out[name] = version(name)
+        except PackageNotFoundError:  # the check says which is missing; the rest still runs
+            out[name] = "missing"
     if torch.cuda.is_available():
         out["device"] = torch.cuda.get_device_name(0)
         out["capability"] = list(torch.cuda.get_device_capability(0))
@@ -70,7 +72,7 @@ def fp16_run(work: Path, smoke: bool, env: dict) -> dict:
                       max_steps=6 if smoke else 40, log_every=2 if smoke else 5, budget_s=60)
     corpus = work / "fp16-corpus.jsonl"
     write_corpus(corpus, profile)
-    args = SimpleNamespace(compile=False, preset="zero2")
+    args = SimpleNamespace(compile=False, preset="zero2", attn="sdpa")
     figures = llmlaunch_run(work, "fp16", corpus, profile, args, env, "full")
     records = [json.loads(line) for line in (work / "fp16" / "metrics.jsonl").read_text().splitlines() if line]
     steps = [r for r in records if "loss" in r]
