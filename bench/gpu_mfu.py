@@ -9,10 +9,11 @@ variable-length documents (bundled tiny documents strung together, ~60 to ~3,700
   3. llmlaunch, LoRA (r 16 on q/k/v/o) on the same model: tokens/s.
 Each run trains at most --budget-s seconds after its first step (llmlaunch gets SIGTERM, the HF
 Trainer stops itself); the defaults keep training under 3 minutes and the script inside 8.
-MFU = useful tokens/s x (6 N + 12 L H Q T) / peak, T = seq_len, N = matmul weights (trainer/mfu.py),
-peak from trainer/mfu.py's table (989.4 TFLOP/s dense bf16 for H100 SXM / H200).
+MFU = useful tokens/s x (6 N + 12 L H Q T) / peak, N = matmul weights, T = sum L^2 / sum L of the packed
+training documents (trainer/mfu.py; the HF side is credited the same T), peak from trainer/mfu.py's table
+(989.4 TFLOP/s dense bf16 for H100 SXM / H200).
 
-    python bench/gpu_mfu.py [--wheels .whl] [--budget-s 60] [--micro-batch 8] [--compile]
+    python bench/gpu_mfu.py [--wheels .whl] [--budget-s 60] [--micro-batch 8] [--compile] [--attn flex_attention]
     python bench/gpu_mfu.py --cpu-smoke     # the same code path on the CPU, tiny model, ~3 minutes
 
 The machine's image lacks deepspeed, pydantic and datasets: copy /work/shared/gpu-wheels/*.whl into
@@ -34,7 +35,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Runnable from a clean checkout (no editable install, any working directory): the repository root first,
+# so `trainer` is this checkout's, then bench/ for side_by_side.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from side_by_side import ROOT, hf_figures, llmlaunch_figures, versions  # noqa: E402
 
 DATA = ROOT / "examples" / "data"
@@ -116,7 +119,8 @@ def llmlaunch_run(work: Path, name: str, corpus: Path, profile: Profile, args, e
 
     out = work / name
     train = {
-        "model": {"config": profile.model, "tokenizer": str(DATA / "tokenizer"), "compile": args.compile},
+        "model": {"config": profile.model, "tokenizer": str(DATA / "tokenizer"), "compile": args.compile,
+                  "attn_implementation": args.attn},
         "data": {"train": str(corpus), "seq_len": profile.seq_len, "packing": True, "cache_dir": str(work / "cache")},
         "method": {"kind": method, "lora": {**LORA, "dropout": 0.0}},
         "optim": {"lr": OPTIM["lr"], "weight_decay": OPTIM["weight_decay"], "betas": OPTIM["betas"]},
@@ -157,7 +161,17 @@ def hf_run(work: Path, corpus: Path, profile: Profile, args, env: dict) -> dict:
     return {**hf_figures(out), "wall_s": round(wall, 1), "deepspeed": has_deepspeed}
 
 
-def model_size(arch: dict, seq_len: int) -> dict:
+def data_attention_length(cache: Path) -> float:
+    """sum L^2 / sum L over the packed training documents llmlaunch cached (trainer/packing.py)."""
+    from trainer.packing import TokenData
+
+    for meta in sorted(cache.glob("*/meta.json")):
+        if json.loads(meta.read_text()).get("packed"):
+            return TokenData.load(meta.parent, shuffle=False).attention_length
+    raise FileNotFoundError(f"no packed token cache under {cache}")
+
+
+def model_size(arch: dict, attention_len: float) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -167,7 +181,7 @@ def model_size(arch: dict, seq_len: int) -> dict:
     with torch.device("meta"):
         total = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     return {"parameters": total, "matmul_parameters": matmul_params(config),
-            "flops_per_token": flops_per_token(config, seq_len)}
+            "attention_length": round(attention_len, 1), "flops_per_token": flops_per_token(config, attention_len)}
 
 
 def device_name(smoke: bool) -> str:
@@ -197,6 +211,8 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--preset", default="zero2", help="DeepSpeed preset for llmlaunch (the HF side uses ZeRO-2)")
     parser.add_argument("--compile", action="store_true", help="llmlaunch with model.compile (torch.compile)")
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "flex_attention"],
+                        help="llmlaunch's packed attention (the HF side pads and uses sdpa); flex_attention needs a GPU")
     parser.add_argument("--keep", type=Path, help="work directory to keep")
     args = parser.parse_args()
     if args.cpu_smoke:
@@ -218,9 +234,9 @@ def main() -> None:
     write_corpus(corpus, profile)
     name = device_name(args.cpu_smoke)
     peak = peak_flops(name, "bf16") or 989e12  # the CPU smoke borrows the H100 figure: its MFU means nothing
-    size = model_size(profile.model, profile.seq_len)
     runs = {"llmlaunch": llmlaunch_run(work, "full", corpus, profile, args, env, "full"),
             "hf_trainer": hf_run(work, corpus, profile, args, env)}
+    size = model_size(profile.model, data_attention_length(work / "cache"))
     lora = llmlaunch_run(work, "lora", corpus, profile, args, env, "lora")
     for figures in runs.values():
         figures["mfu"] = round(figures["useful_tokens_per_s"] * size["flops_per_token"] / peak, 4)
@@ -228,7 +244,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "gpu_mfu", "device": name, "cpu_smoke": args.cpu_smoke, "versions": versions(),
         "model": {**size, "config": profile.model, "seq_len": profile.seq_len, "micro_batch": profile.micro_batch,
-                  "precision": profile.precision, "compile": args.compile, "preset": args.preset},
+                  "precision": profile.precision, "compile": args.compile, "preset": args.preset,
+                  "attn": args.attn},
         "peak_tflops": round(peak / 1e12, 1), **runs,
         "lora": {"useful_tokens_per_s": lora["useful_tokens_per_s"], "step_s": lora["step_s"], "steps": lora["steps"],
                  "lora": LORA},

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from trainer.config import TrainConfig
-from trainer.data import build_data, load_tokenizer
+from trainer.data import build_data, for_attention, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def eval_loss(model, data) -> float:
     with torch.no_grad():
         for batch in data.iter_batches(0, rank=0, world_size=1, micro_batch_size=16, seed=0):
             n = int((batch["labels"][:, 1:] != -100).sum())
-            total += model(**batch).loss.item() * n
+            total += model(**for_attention(batch, "sdpa", torch.float32)).loss.item() * n
             count += n
     model.train()
     return total / count
@@ -79,7 +79,7 @@ def main() -> None:
         epoch, offset = divmod(step, per_epoch)
         for batch in train.iter_batches(epoch, offset, rank=0, world_size=1, micro_batch_size=args.batch,
                                         seed=cfg.run.seed):
-            loss = model(**batch).loss
+            loss = model(**for_attention(batch, "sdpa", torch.float32)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optim.step()

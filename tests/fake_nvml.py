@@ -69,6 +69,13 @@ class FakeNvml(SimpleNamespace):
             raise NVMLError(f"invalid index {index}")
         return index
 
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> int:  # noqa: N802
+        uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+        for index, gpu in enumerate(self.gpus):
+            if gpu.uuid == uuid:
+                return index
+        raise NVMLError(f"no GPU with UUID {uuid}")
+
     def nvmlDeviceGetName(self, handle: int) -> str:  # noqa: N802
         return self._gpu(handle, "nvmlDeviceGetName").name
 

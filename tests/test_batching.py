@@ -12,7 +12,7 @@ from test_packing import alone, documents, tiny_llama, token_losses
 from trainer.config import TrainConfig
 from trainer.data import build_data, load_tokenizer, tokenize_chat
 from trainer.length_groups import BUCKET_STEPS, PAD_MULTIPLE, batch_width, group_by_length, row_lengths
-from trainer.packing import TokenData, pack_documents, pad_documents
+from trainer.packing import TokenData, for_attention, pack_documents, pad_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "data" / "tiny"
@@ -182,7 +182,7 @@ def test_packed_chat_is_padding_free_and_learns_only_assistant_turns():
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model = tiny_llama_vocab(len(tokenizer))
     with torch.no_grad():
-        packed_loss = model(**batch).loss
+        packed_loss = model(**for_attention(batch, "sdpa", torch.float32)).loss
     expected, offset = [], 0
     for ids, targets in docs:
         labels = batch["labels"][0, offset : offset + len(ids)]

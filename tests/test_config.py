@@ -63,6 +63,21 @@ def test_seq_len_above_model_limit(tmp_path):
     assert "data.seq_len 4096 is above the model's limit (max_position_embeddings 128)" in problem
 
 
+def test_flash_attention_2_with_packing_needs_micro_batch_one(tmp_path):
+    # With more rows transformers does not split packed documents for flash_attention_2: they would see each other.
+    fa2 = {"attn_implementation": "flash_attention_2"}
+    (problem,) = errors_of(tiny_job(tmp_path, model=fa2, run={"micro_batch_size": 4}))
+    assert problem == ("train: model.attn_implementation flash_attention_2 with data.packing needs "
+                       "run.micro_batch_size 1 (got 4); use flex_attention or sdpa, or grad_accum for a larger batch")
+    load_job(tiny_job(tmp_path, name="one", model=fa2, run={"micro_batch_size": 1}))
+    load_job(tiny_job(tmp_path, name="unpacked", model=fa2, data={"packing": False}))
+    flex = load_job(tiny_job(tmp_path, name="flex", model={"attn_implementation": "flex_attention"})).train
+    with pytest.raises(ConfigError) as info:
+        run_preflight(flex, world_size=1, has_gpu=False)
+    assert info.value.problems == ["train.model.attn_implementation: flex_attention trains only on a GPU (torch has "
+                                   "no flex_attention backward on the CPU); use sdpa"]
+
+
 def test_model_needs_exactly_one_source(tmp_path):
     job = tiny_job(tmp_path, model={"pretrained": "/models/x"})
     assert any("exactly one of model.pretrained or model.config" in p for p in errors_of(job))

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from trainer.mfu import flops_per_token, matmul_params, mfu, peak_flops
+from trainer.mfu import attention_length, flops_per_token, matmul_params, mfu, peak_flops
 
 CONFIGS = {
     "llama": dict(vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
@@ -95,3 +95,66 @@ def test_peak_unknown_is_none_and_bad_dtype_raises():
 def test_mfu_formula():
     # 8 H100s, 7B-ish model (4.6e10 FLOPs/token), 3000 tokens/s per GPU -> about 14% MFU
     assert mfu(8 * 3000, 4.6e10, 989.4e12, 8) == pytest.approx(3000 * 4.6e10 / 989.4e12)
+
+
+def test_attention_term_follows_the_documents_not_seq_len():
+    # Two documents of 2 and 6 tokens: (2*2 + 6*6) / 8 = 5 positions attended on average, not seq_len.
+    assert attention_length([2, 6]) == 5.0
+    assert attention_length([]) == 0.0
+    cfg = CONFIGS["llama"] | {"model_type": "llama"}  # 4 layers, 4 heads of 32
+    assert flops_per_token(cfg, attention_length([2, 6])) == 6 * matmul_params(cfg) + 12 * 4 * 4 * 32 * 5
+
+
+def test_packed_data_reports_its_attention_length():
+    from test_packing import documents
+    from trainer.packing import TokenData, pack_documents, pad_documents
+
+    # pieces 5+3 | 8 (of 12) | 4 + padding | 2+6: (25 + 9 + 64 + 16 + 4 + 36) / 28 = 5.5
+    packed = TokenData(pack_documents(documents([5, 3, 12, 2, 6]), 8, pad_id=0), packed=True, pad_id=0, shuffle=False)
+    assert packed.attention_length == pytest.approx(154 / 28)
+    padded = TokenData(pad_documents(documents([5, 3, 12]), 8, pad_id=0), packed=False, pad_id=0, shuffle=False)
+    assert padded.attention_length == pytest.approx((25 + 9 + 64) / 16)  # 12 truncated to 8
+
+
+def test_frozen_base_weights_are_credited_without_weight_gradients():
+    cfg = CONFIGS["llama"] | {"model_type": "llama"}
+    n, attention = matmul_params(cfg), 12 * 4 * 4 * 32 * 100
+    assert flops_per_token(cfg, 100, frozen_base=True, adapter_params=1000) == 4 * n + 6 * 1000 + attention
+    assert flops_per_token(cfg, 100) == 6 * n + attention
+
+
+def test_lora_model_counts_its_adapter_as_the_only_trained_matmuls(tmp_path):
+    from launcher.spec import load_job
+    from trainer.model import build_model
+    from trainer.runlog import model_flops_per_token
+    from trainjobs import TINY_MODEL, tiny_job
+
+    lora = {"kind": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
+    cfg = load_job(tiny_job(tmp_path, method=lora)).train
+    model = build_model(cfg, ds_config={})
+    # per layer: q 64 -> 64: A 4x64 + B 64x4 = 512; v 64 -> 2 kv heads x 16 = 32: A 4x64 + B 32x4 = 384
+    adapter = 2 * (512 + 384)
+    n = matmul_params(TINY_MODEL)
+    attention = 12 * 2 * 4 * 16 * 20.0
+    assert model_flops_per_token(model, cfg, 20.0) == 4 * n + 6 * adapter + attention
+    full = load_job(tiny_job(tmp_path, name="full")).train
+    assert model_flops_per_token(build_model(full, ds_config={}), full, 20.0) == 6 * n + attention
+
+
+class DeviceCount:
+    """A device scalar whose .item() returns once the device has finished: here, 2 s after the host queued."""
+
+    def __init__(self, value: int, clock: list[float]):
+        self.value, self.clock = value, clock
+
+    def item(self) -> int:
+        self.clock[0] += 2.0  # the device still had 2 s of the window's steps to run
+        return self.value
+
+
+def test_tokens_per_second_is_timed_after_the_sync_that_ends_the_window():
+    from trainer.runlog import tokens_per_second
+
+    clock = [11.0]  # the window began at 10 s; the host queued its last step at 11 s
+    tokens, rate = tokens_per_second(DeviceCount(6000, clock), since=10.0, clock=lambda: clock[0])
+    assert (tokens, rate) == (6000, 2000.0)  # 6000 tokens over 3 s, not over the host's 1 s

@@ -107,7 +107,7 @@ def test_prometheus_scrapes_every_metric_and_every_panel_has_data(prometheus_ser
     assert 0 < prom.value('llmlaunch_mfu_ratio{job="e2e"}', end) < 1e-3  # tiny model, simulated H100 peak
     straggler = prom.query('topk(1, llmlaunch_rank_step_seconds{job="e2e",node_rank="1"})', end)
     assert straggler[0]["metric"]["rank"] == "3"
-    assert prom.value('llmlaunch_gpu_power_watts{job="e2e",node_rank="0",gpu="0"}', end) == 612.5
+    assert prom.value('llmlaunch_gpu_power_watts{job="e2e",node_rank="0",gpu="GPU-0"}', end) == 612.5
     assert prom.value('count(llmlaunch_gpu_utilization_ratio{job="e2e"})', end) == 4  # 2 nodes x 2 GPUs
 
     counts = assert_dashboard_queries_return_data(prom, job="e2e", namespace="ml-team", start=start, end=end)

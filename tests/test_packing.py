@@ -36,22 +36,40 @@ def token_losses(logits, ids):
                                              reduction="none")
 
 
-def test_packed_documents_give_the_same_logits_and_loss_as_alone():
-    docs = documents([11, 17, 9, 20])  # 57 tokens in one row of 64, 7 padding
+def rows_of(data: TokenData, docs) -> list[list[tuple[int, int]]]:
+    """Per packed row, (document index, start column) of each document, from the row's tokens."""
+    ids = [d[0].tolist() for d in docs]
+    out = []
+    for row in range(len(data)):
+        tokens, doc_ids = data.tokens[row].tolist(), data.docs[row]
+        out.append([])
+        for number in range(int(doc_ids.max()) + 1):
+            start = int(np.argmax(doc_ids == number))
+            length = int((doc_ids == number).sum())
+            out[-1].append((ids.index(tokens[start : start + length]), start))
+    return out
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
+def test_packed_micro_batches_give_the_same_logits_and_loss_as_each_document_alone(attn):
+    # 3 rows of 64: several documents each, padding at the end of some rows, a micro batch > 1.
+    docs = documents([11, 17, 9, 20, 30, 25, 5, 40, 13], seed=1)
     data = TokenData(pack_documents(docs, 64, pad_id=0), packed=True, pad_id=0, shuffle=False)
-    assert len(data) == 1
-    batch = data[np.array([0])]
-    model = tiny_llama()
+    assert len(data) == 3
+    batch = data[np.arange(3)]
+    assert "attention_mask" not in batch and batch["docs"].shape == (3, 64)  # no host-built [B, 1, T, T] mask
+    model = tiny_llama(attn)
     with torch.no_grad():
-        out = model(**batch)
-    offset = 0
+        out = model(**for_attention(batch, attn, torch.float32))
     expected = []
-    for ids, _ in docs:
-        ref = alone(model, ids)
-        torch.testing.assert_close(out.logits[0, offset : offset + len(ids)], ref, atol=1e-5, rtol=1e-5)
-        expected.append(token_losses(ref, ids))
-        offset += len(ids)
-    # HF's loss over the packed row = the mean over every document's own next-token losses.
+    for row, placed in enumerate(rows_of(data, docs)):
+        for index, start in placed:
+            ids = docs[index][0]
+            ref = alone(model, ids)
+            torch.testing.assert_close(out.logits[row, start : start + len(ids)], ref, atol=1e-5, rtol=1e-5)
+            expected.append(token_losses(ref, ids))
+    assert sum(len(p) for p in rows_of(data, docs)) == len(docs)
+    # HF's loss over the packed batch = the mean over every document's own next-token losses.
     assert out.loss.item() == pytest.approx(torch.cat(expected).mean().item(), abs=1e-5)
 
 
@@ -59,7 +77,7 @@ def test_position_ids_alone_let_packed_documents_see_each_other():
     """Why the 4D mask exists: restarting position ids with no mask or a 2D mask leak across documents."""
     docs = documents([11, 17, 9])
     data = TokenData(pack_documents(docs, 37, pad_id=0), packed=True, pad_id=0, shuffle=False)
-    batch = data[np.array([0])]
+    batch = for_attention(data[np.array([0])], "sdpa", torch.float32)
     model = tiny_llama()
     second = slice(11, 28)
     ref = alone(model, docs[1][0])
@@ -81,11 +99,13 @@ def test_eager_attention_gets_an_additive_mask():
     assert adapted["attention_mask"].dtype == torch.float32
     with torch.no_grad():
         logits = model(**adapted).logits[0]
-        wrong = model(**batch).logits[0]  # a boolean mask added to eager scores does not separate documents
+        # a boolean mask added to eager scores does not separate documents
+        wrong = model(**for_attention(batch, "sdpa", torch.float32)).logits[0]
     torch.testing.assert_close(logits[11:28], alone(model, docs[1][0]), atol=1e-5, rtol=1e-5)
     assert (wrong[11:28] - alone(model, docs[1][0])).abs().max() > 1e-2
-    assert for_attention(batch, "sdpa", torch.float32) is batch
-    assert "attention_mask" not in for_attention(batch, "flash_attention_2", torch.float32)
+    assert set(for_attention(batch, "flash_attention_2", torch.float32)) == {"input_ids", "labels", "position_ids"}
+    padded = TokenData(pad_documents(docs, 40, pad_id=0), packed=False, pad_id=0, shuffle=False)[np.arange(3)]
+    assert for_attention(padded, "eager", torch.float32) is padded  # a 2D mask serves every kernel
 
 
 def test_packed_rows_keep_documents_whole_restart_positions_and_mask_first_tokens():
@@ -105,7 +125,7 @@ def test_packed_rows_keep_documents_whole_restart_positions_and_mask_first_token
     assert (labels[2, 4:] == -100).all()  # padding
     assert labels[0, 6].item() == ids[1][1] and labels[2, 1].item() == ids[2][9]
     assert int((labels != -100).sum()) == 28 - 6  # every real token but the 6 pieces' first ones
-    mask = batch["attention_mask"]
+    mask = for_attention(batch, "sdpa", torch.float32)["attention_mask"]
     assert mask.shape == (4, 1, 8, 8) and mask.dtype == torch.bool
     assert not mask[0, 0, 5, :5].any() and mask[0, 0, 7, 5:8].all()
     assert not mask[0, 0, 3, 4]  # causal

@@ -80,7 +80,7 @@ def test_zero3_exports_the_gathered_weights(tmp_path):
     reported = [r["eval_loss"] for r in metrics(out) if "eval_loss" in r][-1]
     model = load_final(out).eval()
     from trainer.config import TrainConfig
-    from trainer.data import build_data, load_tokenizer
+    from trainer.data import build_data, for_attention, load_tokenizer
 
     cfg = TrainConfig.from_yaml_file(out / "train.yaml")
     data = build_data(cfg, load_tokenizer(cfg.model), split="eval", packing=True, cache_dir=out / "cache")
@@ -89,7 +89,7 @@ def test_zero3_exports_the_gathered_weights(tmp_path):
         for rank in (0, 1):  # exactly the two ranks' eval shards the trainer averaged
             for batch in data.iter_batches(0, 0, rank=rank, world_size=2, micro_batch_size=4, seed=cfg.run.seed):
                 n = (batch["labels"][:, 1:] != -100).sum().item()
-                total += model(**batch).loss.item() * n
+                total += model(**for_attention(batch, "sdpa", torch.float32)).loss.item() * n
                 count += n
     assert total / count == pytest.approx(reported, abs=1e-4)
     generate(model, out)

@@ -70,6 +70,7 @@ def served():
 @pytest.mark.prometheus
 def test_promtool_finds_nothing_to_lint_in_a_real_scrape(served):
     m = served(make(nvml=two_gpus()))
+    m.set_node_gpus({0: "GPU-0", 1: "GPU-1"})
     for n in range(1, 6):
         step(m, n, loss_scale=1024.0, overflow=n == 2)
     m.on_rank_step_times([0.5, 0.6, 0.5, 0.5], [1e9, 2e9, 3e9, 4e9])

@@ -46,6 +46,7 @@ def main() -> int:
         peak_flops=peak_flops("NVIDIA H100 80GB HBM3", "bf16"), device="NVIDIA H100 80GB HBM3", nvml=two_gpus(),
     )
     metrics.start(addr="127.0.0.1", port=args.port)
+    metrics.set_node_gpus({rank + i: gpu.uuid for i, gpu in enumerate(two_gpus().gpus)})  # one GPU per rank
     print(f"PORT {metrics.port}", flush=True)
     sys.stdin.readline()  # "go"
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from trainer.config import ConfigError, load_train_config
+from trainer.ds_config import hide_gpus_when_forced, machine_has_gpu, native_bf16
 
 STOPPED_EXIT = 128 + 15  # the shell's code for "terminated by SIGTERM"; retryable for the training operator
 
@@ -17,13 +18,22 @@ def quiet_libraries() -> None:
     """Keep the run's output about the run: no per-file progress bars or import-time notices."""
     import warnings
 
-    if not Path("/dev/nvidia0").exists():
+    if not machine_has_gpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it fell back to CPU
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+def local_gpu_capability(cuda, local_rank: int) -> tuple[int, int] | None:
+    """Compute capability of this rank's GPU (None without one), read after set_device: before it,
+    every rank would ask about device 0, which need not be the same model as its own."""
+    if not cuda.is_available():
+        return None
+    cuda.set_device(local_rank)
+    return tuple(cuda.get_device_capability(local_rank))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO if os.environ.get("LOCAL_RANK", "0") == "0" else logging.WARNING,
                         format="[llmlaunch] %(message)s" if rank == "0" else f"[llmlaunch rank {rank}] %(message)s")
+    hide_gpus_when_forced()
     quiet_libraries()
     try:
         cfg = load_train_config(args.config)
@@ -43,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
         from trainer.preflight import run_preflight
 
-        has_gpu = torch.cuda.is_available()
-        precision = run_preflight(cfg, int(os.environ.get("WORLD_SIZE", 1)), has_gpu=has_gpu,
-                                  gpu_has_bf16=has_gpu and torch.cuda.is_bf16_supported())
+        capability = local_gpu_capability(torch.cuda, int(os.environ.get("LOCAL_RANK", 0)))
+        precision = run_preflight(cfg, int(os.environ.get("WORLD_SIZE", 1)), has_gpu=capability is not None,
+                                  gpu_has_bf16=native_bf16(capability))
         from trainer.loop import Trainer
 
         finished = Trainer(cfg, args.config, precision).train()

@@ -34,8 +34,10 @@ class ModelConfig(Section):
         None, description="Tokenizer directory or tokenizer.json file; defaults to the pretrained model's."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel passed to transformers."
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel passed to transformers. With packing: sdpa gets a block mask built on "
+        "the device; flex_attention a block-sparse mask that skips other documents and the upper triangle; "
+        "flash_attention_2 splits documents at position resets and needs run.micro_batch_size 1.",
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off by default).")
     compile: bool = Field(
@@ -226,6 +228,14 @@ class TrainConfig(Section):
             raise ValueError(
                 f"data.seq_len {self.data.seq_len} is above the model's limit "
                 f"(max_position_embeddings {limit})"
+            )
+        packed = self.data.packing and self.method.kind != "prefix"  # prefix tuning turns packing off
+        if packed and self.model.attn_implementation == "flash_attention_2" and self.run.micro_batch_size > 1:
+            # transformers finds packed documents from position ids only in a batch of one row; with more
+            # rows flash_attention_2 would let a row's documents attend to each other.
+            raise ValueError(
+                f"model.attn_implementation flash_attention_2 with data.packing needs run.micro_batch_size 1 "
+                f"(got {self.run.micro_batch_size}); use flex_attention or sdpa, or grad_accum for a larger batch"
             )
         if self.method.kind == "prefix" and self.model.gradient_checkpointing:
             raise ValueError("model.gradient_checkpointing does not work with method.kind prefix (peft)")

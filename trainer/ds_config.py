@@ -50,8 +50,25 @@ def machine_has_gpu() -> bool:
     return Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists()
 
 
+def native_bf16(capability: tuple[int, int] | None) -> bool:
+    """bf16 on tensor cores: compute capability 8.0 (Ampere) and later. torch.cuda.is_bf16_supported()
+    also says yes on older GPUs (V100, T4) that only emulate it, many times slower than fp16."""
+    return capability is not None and tuple(capability) >= (8, 0)
+
+
+def hide_gpus_when_forced(environ: dict | None = None) -> bool:
+    """LLMLAUNCH_FORCE_CPU=1 hides GPUs from torch and DeepSpeed too (before either is imported), so a
+    forced-CPU run on a GPU host trains on the CPU as the launcher planned. Returns whether it applied."""
+    environ = os.environ if environ is None else environ
+    if environ.get("LLMLAUNCH_FORCE_CPU") != "1":
+        return False
+    environ["CUDA_VISIBLE_DEVICES"] = ""
+    environ["DS_ACCELERATOR"] = "cpu"
+    return True
+
+
 def resolve_precision(requested: str, has_gpu: bool, gpu_has_bf16: bool = True) -> Precision:
-    """auto: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPUs.
+    """auto: bf16 on GPUs that have it natively (native_bf16), fp16 on older GPUs, fp32 on CPUs.
 
     fp32 on CPU because bf16 without native support (AVX2 machines) measured ~30x slower here.
     """

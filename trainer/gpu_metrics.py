@@ -1,9 +1,10 @@
 """GPU metrics for Prometheus, read from NVML (nvidia-ml-py) at scrape time.
 
 A custom collector rather than gauges updated by the training loop: values are fresh at every
-scrape, even while the loop is stuck, and nothing runs between scrapes. On a machine without
-GPUs (or without the NVIDIA driver) the collector yields nothing, so the series are absent rather
-than a misleading zero; a reading a GPU does not support is left out the same way.
+scrape, even while the loop is stuck, and nothing runs between scrapes. Only the GPUs of this node's
+ranks are read, found by UUID (gpu_uuid + gather_node_gpus). On a machine without GPUs (or without
+the NVIDIA driver) the collector yields nothing, so the series are absent rather than a misleading
+zero; a reading a GPU does not support is left out the same way.
 """
 
 from __future__ import annotations
@@ -43,10 +44,13 @@ def load_nvml() -> ModuleType | None:
 
 
 class GpuCollector(Collector):
-    """Every GPU NVML sees on this node (labels + gpu index), plus CUDA allocator peaks per rank.
+    """The GPUs this node's ranks train on (NVML, labelled by UUID), plus CUDA allocator peaks per rank.
 
     `labels` are the node's constant labels (job, namespace, node_rank). `nvml` is an initialised
-    pynvml-compatible module, or None for no GPUs; tests pass a fake one.
+    pynvml-compatible module, or None for no GPUs; tests pass a fake one. Which GPUs: set_node_gpus()
+    with each local rank's GPU UUID (gathered from the ranks: CUDA_VISIBLE_DEVICES may differ per rank,
+    and NVML's index order need not be CUDA's). Until then, and on CPU runs, no GPU series: a node
+    shared with other jobs must not export their GPUs as this job's.
     """
 
     def __init__(self, labels: dict[str, str], *, nvml: ModuleType | None, rank: int) -> None:
@@ -54,12 +58,16 @@ class GpuCollector(Collector):
         self.nvml = nvml
         self.rank = rank
         self.gathered_peaks: dict[int, float] = {}  # rank -> bytes, from the loop's all_gather
+        self.node_gpus: dict[int, str] = {}  # rank -> GPU UUID, this node's ranks only
 
     def set_allocator_peaks(self, peaks_by_rank: dict[int, float]) -> None:
         self.gathered_peaks = dict(peaks_by_rank)
 
+    def set_node_gpus(self, uuid_by_rank: dict[int, str]) -> None:
+        self.node_gpus = dict(uuid_by_rank)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        if self.nvml is not None:
+        if self.nvml is not None and self.node_gpus:
             yield from self._nvml_families()
         yield from self._allocator_family()
 
@@ -68,13 +76,9 @@ class GpuCollector(Collector):
 
     def _nvml_families(self) -> Iterator[GaugeMetricFamily]:
         nv = self.nvml
-        try:
-            count = nv.nvmlDeviceGetCount()
-        except nv.NVMLError as e:
-            log.warning("NVML device count failed: %s", e)
-            return
         gpu = ("gpu",)
-        info = self._family("llmlaunch_gpu_info", "GPU model and UUID (value 1).", ("gpu", "name", "uuid"))
+        info = self._family("llmlaunch_gpu_info", "GPU model per rank; gpu is the NVML UUID (value 1).",
+                            ("gpu", "name", "rank"))
         util = self._family("llmlaunch_gpu_utilization_ratio", "Fraction of time a kernel ran (NVML sample period).", gpu)
         used = self._family("llmlaunch_gpu_memory_used_bytes", "GPU memory in use, all processes.", gpu)
         total = self._family("llmlaunch_gpu_memory_total_bytes", "GPU memory installed.", gpu)
@@ -82,25 +86,32 @@ class GpuCollector(Collector):
         temp = self._family("llmlaunch_gpu_temperature_celsius", "GPU core temperature.", gpu)
         clock = self._family("llmlaunch_gpu_sm_clock_hertz", "Current SM clock.", gpu)
         base = list(self.labels.values())
-        for index in range(count):
-            labels = [*base, str(index)]
+        done: set[str] = set()
+        for rank, uuid in sorted(self.node_gpus.items()):
             try:
-                handle = nv.nvmlDeviceGetHandleByIndex(index)
+                handle = nv.nvmlDeviceGetHandleByUUID(uuid)
             except nv.NVMLError as e:
-                log.warning("NVML handle of GPU %d failed: %s", index, e)
+                log.warning("NVML handle of GPU %s (rank %d) failed: %s", uuid, rank, e)
                 continue
+            try:
+                info.add_metric([*base, uuid, _text(nv.nvmlDeviceGetName(handle)), str(rank)], 1.0)
+            except nv.NVMLError:
+                pass
+            if uuid in done:  # two ranks on one GPU: its readings once
+                continue
+            done.add(uuid)
+            labels = [*base, uuid]
             readings = (
-                (info, lambda: 1.0, lambda: [_text(nv.nvmlDeviceGetName(handle)), _text(nv.nvmlDeviceGetUUID(handle))]),
-                (util, lambda: nv.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0, list),
-                (used, lambda: float(nv.nvmlDeviceGetMemoryInfo(handle).used), list),
-                (total, lambda: float(nv.nvmlDeviceGetMemoryInfo(handle).total), list),
-                (power, lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0, list),  # milliwatts
-                (temp, lambda: float(nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)), list),
-                (clock, lambda: nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM) * 1e6, list),  # MHz
+                (util, lambda: nv.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0),
+                (used, lambda: float(nv.nvmlDeviceGetMemoryInfo(handle).used)),
+                (total, lambda: float(nv.nvmlDeviceGetMemoryInfo(handle).total)),
+                (power, lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0),  # milliwatts
+                (temp, lambda: float(nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU))),
+                (clock, lambda: nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM) * 1e6),  # MHz
             )
-            for family, value, extra in readings:
+            for family, value in readings:
                 try:
-                    family.add_metric([*labels, *extra()], value())
+                    family.add_metric(labels, value())
                 except nv.NVMLError:
                     pass  # not supported on this GPU: leave the series out rather than report 0
         yield from (f for f in (info, util, used, total, power, temp, clock) if f.samples)
@@ -113,7 +124,7 @@ class GpuCollector(Collector):
             peaks[self.rank] = float(torch.cuda.max_memory_allocated())
         if not peaks:
             return
-        # Labelled by rank, not gpu: CUDA's device order need not match NVML's index.
+        # Labelled by rank; llmlaunch_gpu_info maps a rank to its GPU's UUID.
         family = self._family(
             "llmlaunch_cuda_max_memory_allocated_bytes",
             "Peak memory the CUDA caching allocator handed to tensors, per rank since start.",
@@ -122,6 +133,25 @@ class GpuCollector(Collector):
         for rank, value in sorted(peaks.items()):
             family.add_metric([*self.labels.values(), str(rank)], value)
         yield family
+
+
+def gpu_uuid(device) -> str | None:
+    """NVML's UUID ("GPU-<uuid>") of a torch device; None on a CPU. Torch is imported by the caller."""
+    if getattr(device, "type", None) != "cuda":
+        return None
+    import torch
+
+    return f"GPU-{torch.cuda.get_device_properties(device).uuid}"
+
+
+def gather_node_gpus(uuid: str | None, node_rank: int) -> dict[int, str]:
+    """Every rank's GPU UUID, gathered (a collective: every rank calls it); returns {rank: uuid} of the
+    ranks on `node_rank`. The UUID, not a device index: each rank may see other devices."""
+    import torch.distributed as dist
+
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, (node_rank, uuid))
+    return {rank: u for rank, (node, u) in enumerate(everyone) if node == node_rank and u is not None}
 
 
 def _text(value: str | bytes) -> str:

@@ -27,6 +27,18 @@ def row_lengths(docs, chunk: int = 65536) -> np.ndarray:
     return out
 
 
+def document_lengths(docs, chunk: int = 4096) -> np.ndarray:
+    """Length of every document piece in every row (docs: [N, T] document ids, -1 = padding), in chunks."""
+    out = []
+    for start in range(0, docs.shape[0], chunk):
+        part = np.asarray(docs[start : start + chunk]).astype(np.int64)
+        rows, width = part.shape
+        keys = (np.arange(rows)[:, None] * width + part)[part >= 0]  # (row, document) -> one number
+        counts = np.bincount(keys, minlength=rows * width)
+        out.append(counts[counts > 0])
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
 def group_by_length(order: np.ndarray, lengths: np.ndarray, per_step: int, rng: np.random.Generator) -> np.ndarray:
     """`order` (a multiple of per_step rows) rearranged so each consecutive per_step rows have similar lengths."""
     if len(order) % per_step:

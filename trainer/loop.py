@@ -48,7 +48,8 @@ class Trainer:
         self.model = build_model(cfg, self.ds_config)
         self.engine = make_engine(self.model, cfg, self.ds_config, self.total_steps)
         self.state = LoopState()
-        self.runlog = RunLog(self.out, self.topo, cfg, self.ds_config, self.model, self.total_steps)
+        self.runlog = RunLog(self.out, self.topo, cfg, self.ds_config, self.model, self.total_steps,
+                             attention_len=self.train_data.attention_length)
         if found is not None:
             self.state = LoopState(**resume.load(self.engine, found, cfg.run.micro_batch_size))
             self.runlog.resumed(found.path, self.state.step)
@@ -103,6 +104,7 @@ class Trainer:
         batches = self._batches()
         bar = progress_bar(self.topo, self.total_steps, state.step)
         self.watchdog.start(state.step)
+        engine.train()  # train mode from step 1, whatever mode the model was built or resumed in
         while state.step < self.total_steps and not state.stopped_early:
             t0 = time.perf_counter()
             loss_sum, data_wait = torch.zeros((), device=self.topo.device), 0.0

@@ -221,6 +221,11 @@ class TrainMetrics:
         if max_memory_allocated_by_rank is not None:
             self.gpus.set_allocator_peaks({rank: max_memory_allocated_by_rank[rank] for rank in ours})
 
+    def set_node_gpus(self, uuid_by_rank: dict[int, str]) -> None:
+        """The GPU UUID of each of this node's ranks (trainer.gpu_metrics.gather_node_gpus): the GPUs exported."""
+        if self.serving:
+            self.gpus.set_node_gpus(uuid_by_rank)
+
     def on_eval(self, *, step: int, eval_loss: float) -> None:
         if self.global_values:
             self._set(self._eval_loss, eval_loss)

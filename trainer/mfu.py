@@ -3,9 +3,13 @@
 MFU = achieved tokens/s x model FLOPs per token / (peak FLOP/s of one device x devices), the
 PaLM-paper convention (also nanoGPT's and torchtitan's): model FLOPs per token = 6 N + 12 L H Q T,
 where N counts the weights of every matrix multiply (attention, MLP and the LM head; the input
-embedding is a lookup, norms and biases are negligible), L layers, H heads of size Q, T tokens per
-sequence. Recomputation (gradient checkpointing) and frozen weights (LoRA) do not change it: MFU
-measures useful model work, not the work the hardware happened to do.
+embedding is a lookup, norms and biases are negligible), L layers, H heads of size Q, T the length a
+token attends over. So that MFU does not flatter:
+- T is sum L_i^2 / sum L_i over the documents (attention_length), not seq_len: a token of a packed
+  document attends only within it, so a row of short documents does far less attention work.
+- With frozen base weights (LoRA, prefix) the 2 N weight-gradient FLOPs of those weights are not work
+  the step needs: 4 N + 6 A, A the adapter's matmul weights.
+Recomputation (gradient checkpointing) is not credited: MFU measures useful model work.
 
 Torch-free: works on a transformers config object or its plain dict (config.json).
 """
@@ -63,12 +67,26 @@ def matmul_params(cfg: Any) -> int:
     return layers * (attention + mlp + router) + lm_head
 
 
-def flops_per_token(cfg: Any, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward): 6 N + 12 L H Q T."""
+def flops_per_token(cfg: Any, attention_len: float, *, frozen_base: bool = False, adapter_params: int = 0) -> float:
+    """Training FLOPs per token (forward + backward): 6 N + 12 L H Q T, T = attention_len.
+
+    frozen_base: the base weights get no gradient (LoRA / prefix): forward 2 N and input gradients 2 N
+    only, plus 6 x adapter_params (the trainable matmul weights, e.g. LoRA's A and B)."""
     layers = _first(cfg, "layers")
     heads = _first(cfg, "heads")
     head_dim = int(_get(cfg, "head_dim") or _first(cfg, "hidden_size") // heads)
-    return float(6 * matmul_params(cfg) + 12 * layers * heads * head_dim * seq_len)
+    n = matmul_params(cfg)
+    weights = 4 * n + 6 * adapter_params if frozen_base else 6 * n
+    return float(weights + 12 * layers * heads * head_dim * attention_len)
+
+
+def attention_length(document_lengths) -> float:
+    """sum L_i^2 / sum L_i: the mean length a token attends over when each document attends only to itself."""
+    import numpy as np
+
+    lengths = np.asarray(document_lengths, dtype=np.float64)
+    total = lengths.sum()
+    return float((lengths**2).sum() / total) if total > 0 else 0.0
 
 
 # Dense (no sparsity) peak FLOP/s of one device from NVIDIA's datasheets, per training dtype.

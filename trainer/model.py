@@ -47,6 +47,9 @@ def build_model(cfg: TrainConfig, ds_config: dict[str, Any]) -> torch.nn.Module:
         # Non-reentrant checkpointing works with frozen base weights (LoRA) without input-grad hacks.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_method(model, cfg)
+    # from_pretrained returns a model in eval mode: without this, gradient checkpointing, LoRA and
+    # attention dropout stay off until the first eval switches them on.
+    model.train()
     model._llmlaunch_ds_config_ref = keep_alive
     return model
 

@@ -4,7 +4,9 @@ Storage is three [N, seq_len] arrays per split (memory-mapped from the cache):
   tokens   int32  token ids (pad id on padding)
   targets  bool   the token is a loss target (False on padding, prompts, and each document's first token)
   docs     int32  document number inside the sequence, -1 on padding
-Position ids, labels and attention masks are derived per batch, which keeps the cache small.
+Position ids and labels are derived per batch, which keeps the cache small. A packed batch carries the
+document ids (`docs`, [B, T], KB) rather than a mask: for_attention builds the mask for the attention
+kernel on the device, after the copy (a dense [B, 1, T, T] mask would be 32 MiB per batch at B 8, T 2048).
 
 Packing on: whole documents are placed into rows of seq_len, best fit, so only documents longer than
 seq_len are cut (into pieces trained as separate documents, positions restarting). Packing off: one document per
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from trainer.best_fit import best_fit_rows
-from trainer.length_groups import batch_width, group_by_length, row_lengths
+from trainer.length_groups import batch_width, document_lengths, group_by_length, row_lengths
 
 ARRAYS = ("tokens", "targets", "docs")
 
@@ -68,10 +70,24 @@ def pad_documents(documents: list[tuple[np.ndarray, np.ndarray]], seq_len: int, 
 
 
 def block_causal_mask(docs: torch.Tensor) -> torch.Tensor:
-    """[B, 1, T, T] bool, True = may attend: causal and within the same document (padding with padding)."""
+    """[B, 1, T, T] bool, True = may attend: causal and within the same document (padding with padding).
+    Built where `docs` is (the device)."""
     seq_len = docs.shape[1]
-    causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=docs.device).tril()
     return ((docs[:, :, None] == docs[:, None, :]) & causal)[:, None]
+
+
+def document_block_mask(docs: torch.Tensor):
+    """flex_attention's BlockMask for packed rows: causal within each document. Tiles of 128 x 128 that
+    lie above the diagonal or between two documents are skipped, not computed and masked."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, seq_len = docs.shape
+
+    def same_document_causal(b, h, q, kv):
+        return (docs[b, q] == docs[b, kv]) & (q >= kv)
+
+    return create_block_mask(same_document_causal, batch, None, seq_len, seq_len, device=docs.device)
 
 
 def restarting_positions(docs: torch.Tensor) -> torch.Tensor:
@@ -120,6 +136,13 @@ class TokenData(torch.utils.data.Dataset):
         if self._lengths is None:
             self._lengths = row_lengths(self.docs)
         return self._lengths
+
+    @property
+    def attention_length(self) -> float:
+        """sum L^2 / sum L over the documents (pieces) of the split: MFU's attention length (trainer/mfu.py)."""
+        from trainer.mfu import attention_length
+
+        return attention_length(document_lengths(self.docs))
 
     # ---- the plan -------------------------------------------------------------------------------------
 
@@ -170,9 +193,8 @@ class TokenData(torch.utils.data.Dataset):
         targets = torch.from_numpy(np.asarray(self.targets[rows, :width], dtype=bool))
         docs = torch.from_numpy(np.asarray(self.docs[rows, :width], dtype=np.int64))
         labels = torch.where(targets, tokens, torch.full_like(tokens, -100))
-        if self.packed:
-            return {"input_ids": tokens, "labels": labels, "position_ids": restarting_positions(docs),
-                    "attention_mask": block_causal_mask(docs)}
+        if self.packed:  # for_attention turns docs into the kernel's mask, on the device
+            return {"input_ids": tokens, "labels": labels, "position_ids": restarting_positions(docs), "docs": docs}
         return {"input_ids": tokens, "labels": labels,
                 "position_ids": torch.arange(width).expand_as(tokens).clone(),
                 "attention_mask": (docs >= 0).long()}
@@ -236,18 +258,27 @@ class _Sequence(torch.utils.data.Dataset):
 
 
 def for_attention(batch: dict[str, torch.Tensor], attn_implementation: str, dtype: torch.dtype) -> dict:
-    """Adapt a batch's mask to the model's attention kernel (measured with transformers 5.24 Llama).
+    """The model's inputs for its attention kernel (measured with transformers 5.24 Llama): a packed batch's
+    document ids become a mask here, on the device the batch was moved to.
 
-    sdpa takes the 4D boolean mask as is (True = attend). eager adds the mask to the scores, so a boolean
-    one would be wrong: it gets an additive float mask. flash_attention_2 takes no 4D mask; without a mask
-    its varlen path splits documents where the position ids restart at 0.
+    sdpa: the 4D boolean mask (True = attend); a dense mask keeps SDPA off its flash kernel, so it is the
+    fallback. flex_attention: a BlockMask that skips other documents' and upper-triangle tiles. eager adds
+    the mask to the scores: an additive float mask. flash_attention_2: no mask; its varlen path splits
+    documents where the position ids restart at 0 (in a one-row batch: TrainConfig refuses more).
+    A padded batch (no docs) keeps its 2D mask for every kernel.
     """
-    mask = batch.get("attention_mask")
-    if mask is None or mask.dim() != 4 or attn_implementation == "sdpa":
+    docs = batch.get("docs")
+    if docs is None:
         return batch
+    inputs = {name: value for name, value in batch.items() if name != "docs"}
+    if attn_implementation == "flash_attention_2":
+        return inputs
+    if attn_implementation == "flex_attention":
+        return {**inputs, "attention_mask": document_block_mask(docs)}
+    mask = block_causal_mask(docs)
+    if attn_implementation == "sdpa":
+        return {**inputs, "attention_mask": mask}
     if attn_implementation == "eager":
         additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-        return {**batch, "attention_mask": additive.masked_fill_(~mask, torch.finfo(dtype).min)}
-    if attn_implementation == "flash_attention_2":
-        return {name: value for name, value in batch.items() if name != "attention_mask"}
+        return {**inputs, "attention_mask": additive.masked_fill_(~mask, torch.finfo(dtype).min)}
     raise ValueError(f"model.attn_implementation {attn_implementation!r} has no packed-mask adapter")

@@ -71,6 +71,9 @@ def run_preflight(cfg: TrainConfig, world_size: int, has_gpu: bool, gpu_has_bf16
         cfg.check_world_size(world_size)
     except ValueError as e:
         problems.append(f"train.{e}")
+    if cfg.model.attn_implementation == "flex_attention" and not has_gpu:
+        problems.append("train.model.attn_implementation: flex_attention trains only on a GPU (torch has no "
+                        "flex_attention backward on the CPU); use sdpa")
     precision = None
     try:
         precision = resolve_precision(cfg.precision, has_gpu, gpu_has_bf16)

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from trainer.config import TrainConfig
 from trainer.engine import Topology
+from trainer.gpu_metrics import gather_node_gpus, gpu_uuid
 from trainer.metrics_log import MetricsLog
 from trainer.mfu import flops_per_token, peak_flops
 from trainer.state import LoopState
@@ -42,8 +43,30 @@ def _step_of(line: str) -> float:
         return float("inf")
 
 
+def model_flops_per_token(model, cfg: TrainConfig, attention_len: float) -> float:
+    """FLOPs per token for MFU: the data's attention length; a peft model's base weights are frozen, and
+    only LoRA's trainable weights are matmuls run per token (a prefix is not)."""
+    from trainer.model import count_parameters
+
+    config = getattr(model, "config", None) or model.base_model.config
+    if cfg.method.kind == "full":
+        return flops_per_token(config, attention_len)
+    adapter = count_parameters(model)[0] if cfg.method.kind == "lora" else 0
+    return flops_per_token(config, attention_len, frozen_base=True, adapter_params=adapter)
+
+
+def tokens_per_second(tokens: torch.Tensor, since: float, clock=time.perf_counter) -> tuple[int, float]:
+    """(tokens, tokens/s) of a log window that began at `since`. The count is read first: .item() waits
+    until the device has finished the window's steps, so the clock then covers their work, not only the
+    host's queueing of it (which, on a GPU, ends well before the device does)."""
+    count = int(tokens.item())
+    elapsed = clock() - since
+    return count, count / elapsed if elapsed > 0 else 0.0
+
+
 class RunLog:
-    def __init__(self, out: Path, topo: Topology, cfg: TrainConfig, ds_config: dict, model, total_steps: int) -> None:
+    def __init__(self, out: Path, topo: Topology, cfg: TrainConfig, ds_config: dict, model, total_steps: int,
+                 attention_len: float | None = None) -> None:
         self.out, self.topo, self.cfg, self.total_steps = out, topo, cfg, total_steps
         self.log = MetricsLog(out, enabled=topo.is_main)
         self.path = self.log.path
@@ -60,7 +83,7 @@ class RunLog:
             out.mkdir(parents=True, exist_ok=True)
             (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2, sort_keys=True) + "\n")
         dtype = "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp16" if self.fp16 else "fp32"
-        self.flops_per_token = flops_per_token(getattr(model, "config", None) or model.base_model.config, cfg.data.seq_len)
+        self.flops_per_token = model_flops_per_token(model, cfg, attention_len or cfg.data.seq_len)
         device_name = torch.cuda.get_device_name(topo.device) if topo.device.type == "cuda" else "cpu"
         peak = cfg.metrics.peak_tflops * 1e12 if cfg.metrics.peak_tflops else peak_flops(device_name, dtype)
         self.peak_total = peak * self.world if peak else None
@@ -74,6 +97,8 @@ class RunLog:
         # Local multi-node runs put several "nodes" on one host: one port each, loopback only.
         local = os.environ.get("LLMLAUNCH_LOCAL_RUN") == "1"
         self.metrics.start(addr="127.0.0.1" if local else "0.0.0.0", port=cfg.metrics.port + (topo.node_rank if local else 0))
+        # Every rank takes part (a collective); the node's serving rank exports only these GPUs.
+        self.metrics.set_node_gpus(gather_node_gpus(gpu_uuid(topo.device), topo.node_rank))
 
     def info(self, message: str) -> None:
         if self.topo.is_main:
@@ -104,9 +129,9 @@ class RunLog:
         dist.all_reduce(packed)
         times = [torch.zeros(1, dtype=torch.float64, device=self.topo.device) for _ in range(self.world)]
         dist.all_gather(times, torch.tensor([self._step_time / self._steps], dtype=torch.float64, device=self.topo.device))
+        tokens_value, tokens_per_s = tokens_per_second(packed[1], self._since)
         elapsed = time.perf_counter() - self._since
-        loss_value, tokens_value = packed[0].item() / self.world, int(packed[1].item())
-        tokens_per_s = tokens_value / elapsed if elapsed > 0 else 0.0
+        loss_value = packed[0].item() / self.world
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
         lr = engine.get_lr()[0]
