@@ -16,6 +16,7 @@ measured in ../shared/reference/podman-pods.sh.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -222,9 +223,17 @@ def init_image(podman: Podman, workdir: Path) -> str:
 
 
 def build_all(workdir: Path) -> dict[str, Path | str | float]:
-    """Every image the node needs besides the pause image, as docker archives for `ctr images import`."""
-    podman, out = Podman(), {}
+    """Every image the node needs besides the pause image, as docker archives for `ctr images import`.
+    One builder at a time (a lock): scripts/test.sh starts one in the background before the suite, and
+    the `pods` tests wait for it here, then find its images."""
     (CACHE / "images").mkdir(parents=True, exist_ok=True)
+    with (CACHE / "images" / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_all(workdir)
+
+
+def _build_all(workdir: Path) -> dict[str, Path | str | float]:
+    podman, out = Podman(), {}
     start = time.monotonic()
     out["trainer"], out["init"] = trainer_image(podman, workdir), init_image(podman, workdir)
     out["build_s"] = round(time.monotonic() - start, 1)
@@ -239,5 +248,5 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         out = build_all(Path(tmp))
         out["trainer_archive_mb"] = round(Path(out["trainer_archive"]).stat().st_size / 2**20)
-        print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in out.items()}))
+        print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in out.items()}), flush=True)
         sys.exit(0)
