@@ -14,9 +14,8 @@ from typing import Any
 
 import yaml
 
-from launcher import names, pod_values
+from launcher import names, pod_values, rules
 from launcher.spec import JobSpec
-from trainer.config import ConfigError
 from trainer.ds_config import build_ds_config, resolve_precision
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -109,25 +108,11 @@ def pod_precision(spec: JobSpec) -> str | None:
 def config_files(spec: JobSpec) -> dict[str, str]:
     """The ConfigMap's two files: the resolved train.yaml and ds_config.json."""
     c, train = spec.cluster, spec.train
-    world = c.nodes * c.procs_per_node
-    if c.elastic is None:
-        try:
-            train.check_world_size(world)
-        except ValueError as e:
-            raise ConfigError([f"train.run.global_batch_size: {e}"]) from e
-    elif train.run.global_batch_size is not None:
-        raise ConfigError(["train.run.global_batch_size: cannot be fixed with cluster.elastic (the world size changes)"])
-    ds = build_ds_config(train, world_size=world, precision=pod_precision(spec))
+    rules.check_topology(spec)
+    ds = build_ds_config(train, world_size=c.nodes * c.procs_per_node, precision=pod_precision(spec))
     if c.elastic is not None:
         ds.pop("train_batch_size", None)  # DeepSpeed derives it from micro x accum x the actual world size
     return {"train.yaml": train.to_yaml(), "ds_config.json": json.dumps(ds, indent=2, sort_keys=True) + "\n"}
-
-
-def check_ports(spec: JobSpec) -> None:
-    port = spec.train.metrics.port
-    taken = {pod_values.PYTORCHJOB_PORT: "the PyTorchJob rendezvous port", pod_values.TRAINJOB_PORT: "the TrainJob rendezvous port"}
-    if spec.train.metrics.enabled and port in taken:
-        raise ConfigError([f"train.metrics.port: {port} is {taken[port]}; choose another"])
 
 
 def _meta(spec: JobSpec, name: str, component: str, extra_labels: dict | None = None) -> dict[str, Any]:
@@ -138,8 +123,7 @@ def _meta(spec: JobSpec, name: str, component: str, extra_labels: dict | None = 
 
 def documents(spec: JobSpec) -> list[str]:
     """The rendered template text of each object, in creation order (the job last)."""
-    names.check_names(spec)
-    check_ports(spec)
+    rules.check_job(spec)  # load_job ran them; a spec built in code gets the same checks
     env, c, name = environment(), spec.cluster, spec.name
     docs = [env.get_template("configmap.yaml.j2").render(meta=_meta(spec, names.config_map(name), "config"),
                                                          files=config_files(spec))]

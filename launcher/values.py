@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
 
-from launcher import names, render
+from launcher import render, rules
 from launcher.chart_values import ChartMonitoring, ChartValues, ConfigFiles, camel_dump
 from launcher.spec import JobSpec
 
@@ -26,8 +26,7 @@ WIDTH = 100
 def chart_values(spec: JobSpec, name: str | None = None) -> dict[str, Any]:
     """Complete values (every key, in the chart's order) that make the chart render `spec`'s objects.
     `name` replaces the job name ("" = the release name, as the chart's own values.yaml has it)."""
-    names.check_names(spec)
-    render.check_ports(spec)
+    rules.check_job(spec)
     files = render.config_files(spec)
     cluster = {key: getattr(spec.cluster, key) for key in type(spec.cluster).model_fields if key in ChartValues.model_fields}
     model = ChartValues.model_validate({
