@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from launcher.k8s_types import (
-    INT32_MAX, INT64_MAX, Capability, DnsName, Duration, EnvName, ExtraLabels, Labels, Quantity, ResourceName, StrDict,
+    INT32_MAX, INT64_MAX, Capability, has_control_character, DnsName, Duration, EnvName, ExtraLabels, Labels, Quantity, ResourceName, StrDict,
 )
 
 
@@ -48,7 +48,7 @@ KERNEL_DIRS = ("/dev", "/etc", "/proc", "/sys")  # nothing may be mounted below 
 def mount_path_problem(path: str) -> str | None:
     """Why `path` cannot be the volume's mount point, or None: it must be absolute, normalised, and
     neither be nor contain a system directory, nor lie under /dev, /etc, /proc or /sys."""
-    if not path.startswith("/") or any(ord(c) < 0x20 or c in "\x7f:" for c in path):
+    if not path.startswith("/") or has_control_character(path) or ":" in path:
         return "must be an absolute path without control characters or ':'"
     if posixpath.normpath(path) != path or path.startswith("//"):
         return f"must be normalised (write {posixpath.normpath('/' + path.lstrip('/'))!r})"

@@ -7,6 +7,7 @@ with the key named, not later as a server error about a half-created job.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
@@ -24,6 +25,11 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
 CAPABILITY = re.compile(r"^[A-Z_]+$")
+
+
+def has_control_character(text: str) -> bool:
+    """C0/C1 controls, DEL and the Unicode line/paragraph separators: never part of a name or path."""
+    return any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029" for c in text)
 
 
 def _scalar_to_str(value: Any) -> Any:

@@ -67,8 +67,9 @@ def check_job(spec, local: bool = False) -> None:
 
 
 def check_image(image: str) -> None:
-    bad = [c for c in image if c.isspace() or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0]
-    if bad:
+    from launcher.k8s_types import has_control_character
+
+    if has_control_character(image) or any(c.isspace() for c in image):
         raise ConfigError([f"cluster.image: an image reference has no whitespace or control characters (got {image!r})"])
 
 

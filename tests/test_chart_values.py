@@ -159,7 +159,7 @@ def test_values_writes_a_file_with_o(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--set", "cluster.nodes=0"], "error: cluster.nodes: Input should be greater than or equal to 1 (got 0)"),
-    (["--set", "train.precision=fp16"], "error: train.precision: fp16 needs a GPU"),
+    (["--set", "train.precision=fp16"], "error: train.precision: fp16 needs GPU pods"),
     (["--set", "train.run.global_batch_size=7", "--nodes", "2"], "error: train.run.global_batch_size:"),
     (["--set", "name=Tiny"], "error: name: must be lowercase"),
     (["--set", "cluster.storage.access_mode=ReadWriteOnce", "--set", "cluster.storage.size=1Gi", "--nodes", "2"],
