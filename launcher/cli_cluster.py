@@ -143,9 +143,9 @@ def values_(job_file, nodes, gpus_per_node, image, namespace, overrides, output)
 
     spec = load_cluster_job(job_file, overrides, nodes, gpus_per_node, image, namespace)
     flags = {"--nodes": nodes, "--gpus-per-node": gpus_per_node, "--image": image, "-n": namespace}
-    source = " ".join([job_file, *(f"{k} {v}" for k, v in flags.items() if v is not None),
-                       *(f"--set '{s}'" for s in overrides)])
-    text = values_file(spec, source)
+    args = [job_file, *(word for k, v in flags.items() if v is not None for word in (k, str(v))),
+            *(word for s in overrides for word in ("--set", s))]
+    text = values_file(spec, args)
     if output:
         Path(output).write_text(text)
         click.echo(f"wrote {output}; install it with: {install_hint(spec, output)}")

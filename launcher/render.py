@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +173,27 @@ class _BlockDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml's 
     """Multi-line strings (train.yaml, ds_config.json) as literal blocks, so a diff is readable."""
 
 
-_BlockDumper.add_representer(
-    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+# Plain scalars that kubectl's YAML reader (go-yaml v2, YAML 1.1 rules plus Go's number syntax) takes
+# for a bool, null or number, though PyYAML would write them unquoted: y, n, on, 1e5, 0o17, 0x1F, 1_000.
+GO_YAML_NON_STRING = re.compile(
+    r"y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF|~|null|Null|NULL"
+    r"|[-+]?\.(inf|Inf|INF|nan|NaN|NAN)"
+    r"|[-+]?(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9][0-9_]*)"
+    r"|[-+]?(\.[0-9_]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?"
 )
+
+
+def _represent_str(dumper, text: str):
+    if "\n" in text:
+        style = "|"
+    elif GO_YAML_NON_STRING.fullmatch(text):
+        style = "'"
+    else:
+        style = None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_BlockDumper.add_representer(str, _represent_str)
 
 
 def to_yaml(obj: dict[str, Any]) -> str:
