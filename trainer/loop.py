@@ -51,7 +51,7 @@ class Trainer:
         self.runlog = RunLog(self.out, self.topo, cfg, self.ds_config, self.model, self.total_steps)
         if found is not None:
             self.state = LoopState(**resume.load(self.engine, found, cfg.run.micro_batch_size))
-            self.runlog.resumed(found.path, self.state.step)
+            self.runlog.resumed(found.path, self.state.step, getattr(self.engine, "skipped_steps", 0))
         self.watchdog = Watchdog(self.topo.rank, self.topo.node_rank, self.topo.world_size, cfg.run.hang_timeout_s)
         trainable, total = count_parameters(self.model)
         self.runlog.info(
