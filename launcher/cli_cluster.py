@@ -177,6 +177,8 @@ def submit(job_file, nodes, gpus_per_node, image, namespace, overrides, kubeconf
 
     cluster = connect(kubeconfig, context)
     with cluster_errors():
+        if spec.cluster.storage.claim:
+            jobs.check_claim(cluster, spec.cluster.namespace, spec.cluster.storage.claim, spec.cluster.max_nodes)
         jobs.submit(cluster, objects, dry_run=dry_run == "server", echo=click.echo)
         if dry_run == "server":
             return

@@ -44,9 +44,19 @@ def network_policy(job: str) -> str:
     return job
 
 
+NAME_LABEL = "app.kubernetes.io/name"
+HELM_RELEASE_ANNOTATION = "meta.helm.sh/release-name"  # Helm 3 puts it on every object of a release
+
+
 def selector(job: str) -> str:
-    """Label selector matching every object llmlaunch created for `job`."""
-    return f"{INSTANCE_LABEL}={job},{MANAGED_BY_LABEL}=llmlaunch"
+    """Label selector matching every object of `job`, whether `llmlaunch submit` or the Helm chart
+    created it (managed-by is llmlaunch for one and Helm for the other; name and instance are shared)."""
+    return f"{NAME_LABEL}=llmlaunch,{INSTANCE_LABEL}={job}"
+
+
+def jobs_selector() -> str:
+    """Every llmlaunch job, submitted or installed with the chart."""
+    return f"{NAME_LABEL}=llmlaunch"
 
 
 def common_labels(spec: JobSpec, component: str) -> dict[str, str]:
