@@ -115,3 +115,15 @@ def test_a_resumed_run_counts_only_new_overflows(tmp_path, gloo):
         assert sample(runlog, "llmlaunch_skipped_steps_total") == 1
     finally:
         runlog.metrics.close()
+
+
+def test_a_failed_save_is_exported_as_result_failed(tmp_path, gloo):
+    runlog = make_runlog(tmp_path, steps=10, log_every=1)
+    try:
+        runlog.checkpoint_failed(LoopState(step=4), 2.5, "checkpoint step 4 not saved (rank 1: disk full)", 1, 3)
+        m = runlog.metrics
+        assert m.registry.get_sample_value("llmlaunch_checkpoints_total", {**m.labels, "result": "failed"}) == 1
+        assert m.registry.get_sample_value("llmlaunch_checkpoints_total", {**m.labels, "result": "ok"}) == 0
+        assert sample(runlog, "llmlaunch_last_checkpoint_timestamp_seconds") == 0  # no success to report
+    finally:
+        runlog.metrics.close()

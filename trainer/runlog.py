@@ -169,6 +169,11 @@ class RunLog:
         self.metrics.on_checkpoint(seconds=seconds, ok=True)
         self.info(f"checkpoint step {state.step} written in {seconds:.1f}s")
 
+    def checkpoint_failed(self, state: LoopState, seconds: float, reason: str, in_a_row: int, limit: int) -> None:
+        self.metrics.on_checkpoint(seconds=seconds, ok=False)
+        then = "the run fails" if in_a_row >= limit else "training goes on (a restart now resumes from the last complete one)"
+        self.info(f"checkpoint step {state.step} FAILED ({in_a_row} in a row, at most {limit}): {reason}; {then}")
+
     def finished(self, state: LoopState) -> None:
         self.flush()
         best = f", best eval loss {state.best_eval:.4f} at step {state.best_step}" if state.best_eval is not None else ""
