@@ -72,10 +72,27 @@ def _bytecode_cache():
 
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmlaunch" / "jinja"
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return None  # a read-only home: compile every time
+    if not private_directory(root):
+        return None  # someone else could plant compiled code that rendering would run
     return jinja2.FileSystemBytecodeCache(str(root))
+
+
+def private_directory(path: Path) -> bool:
+    """`path` and its parent belong to this user and nobody else may write them (a bytecode cache is code)."""
+    import os
+    import stat
+
+    for directory in (path, path.parent):
+        try:
+            st = directory.lstat()
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+    return True
 
 
 @functools.cache
