@@ -197,3 +197,13 @@ def test_other_kueue_labels_stay_allowed():
 def test_the_chart_refuses_the_same_labels(values):
     result = helm("template", "demo", str(CHART), *values, check=False)
     assert result.returncode != 0 and "values don't meet the specifications of the schema" in result.stderr, result.stderr
+
+
+def test_set_is_on_exactly_the_commands_the_readme_names():
+    """README: `--set` on validate, train, render, values and submit (the commands that read a job file)."""
+    readme = (REPO / "README.md").read_text()
+    line = next(line for line in readme.split("\n- ") if line.startswith("`--set key.path=value`"))
+    named = {"validate", "train", "render", "values", "submit"}
+    assert all(f"`{command}`" in line for command in named)
+    with_set = {name for name, command in cli.commands.items() if any(p.name == "overrides" for p in command.params)}
+    assert with_set == named
