@@ -33,7 +33,8 @@ def main() -> int:
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
         m.on_step(step=step, loss=2.0, lr=1e-4, grad_norm=1.0, tokens=4096 * 8, samples=8, step_seconds=0.5,
-                  data_wait_seconds=0.01, loss_scale=None, overflow=False)
+                  data_wait_seconds=0.01, loss_scale=None, skipped_steps=0)
+        m.observe_step_duration(0.5)
     on_step_us = (time.perf_counter() - t0) / args.steps * 1e6
     m.on_rank_step_times([0.5] * 8, [2e9] * 8)
     scrapes, size = [], 0

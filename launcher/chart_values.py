@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 
 from launcher.cluster_sections import Monitoring, Section
 from launcher.cluster_spec import ClusterSpec
-from launcher.k8s_types import Annotations, Labels, ResourceName
+from launcher.k8s_types import Annotations, ExtraLabelKey, ExtraLabels
 
 # The namespace is the release's (helm install -n), as Helm charts do; everything else carries over.
 NOT_VALUES = {"namespace"}
@@ -37,7 +37,7 @@ class PrometheusRuleValues(Section):
     They cover every llmlaunch job the Prometheus scrapes: one release per cluster is enough."""
 
     enabled: bool = Field(True, description="Create the PrometheusRule.")
-    labels: Labels = Field(default_factory=dict, description="Extra labels your Prometheus selects rules by.")
+    labels: ExtraLabels = Field(default_factory=dict, description="Extra labels your Prometheus selects rules by.")
 
 
 class DashboardValues(Section):
@@ -45,11 +45,11 @@ class DashboardValues(Section):
     The dashboard shows every job (namespace and job variables): one release per cluster is enough."""
 
     enabled: bool = Field(True, description="Create the dashboard ConfigMap.")
-    sidecar_label: ResourceName = Field(
+    sidecar_label: ExtraLabelKey = Field(
         "grafana_dashboard", description="Label the Grafana sidecar watches (kube-prometheus-stack: grafana_dashboard)."
     )
     sidecar_label_value: str = Field("1", description="Value of that label.")
-    labels: Labels = Field(default_factory=dict, description="Extra labels on the ConfigMap.")
+    labels: ExtraLabels = Field(default_factory=dict, description="Extra labels on the ConfigMap.")
     annotations: Annotations = Field(
         default_factory=dict, description="Extra annotations, e.g. grafana_folder: Training (sidecar folder)."
     )

@@ -95,6 +95,9 @@ def validate(job_file: str, overrides: tuple[str, ...]) -> None:
 
     spec = load_job(job_file, overrides)
     click.echo(f"{job_file}: ok ({spec.name}, method {spec.train.method.kind}, preset {spec.train.deepspeed.preset})")
+    if spec.cluster.image is None:  # fine for `train`; render, values and submit need one
+        click.echo("note: cluster.image is not set: render, values and submit need one (--image; docs/cluster.md)",
+                   err=True)
 
 
 @cli.command()
@@ -124,7 +127,7 @@ def train(job_file: str, nproc_per_node: int | None, nodes: int, output_dir: str
     from launcher.spec import load_job
 
     extra = [f"train.run.output_dir={output_dir}"] if output_dir else []
-    spec = load_job(job_file, [*overrides, *extra])
+    spec = load_job(job_file, [*overrides, *extra], local=True)
     code = run_local(spec, nodes=nodes, nproc_per_node=nproc_per_node)
     if code != 0:
         raise RuntimeFailure(f"training failed (exit code {code}); see the output above")

@@ -58,7 +58,7 @@ def load_cluster_job(path: str, overrides, nodes, gpus_per_node, image, namespac
     flags = {"nodes": nodes, "gpus_per_node": gpus_per_node, "image": image, "namespace": namespace}
     # json.dumps: a JSON string is a YAML string, so the flag's value is taken literally.
     extra = [f"cluster.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
-    return load_job(path, [*overrides, *extra], resolve_paths=False)
+    return load_job(path, [*overrides, *extra], resolve_paths=False, pods=True)
 
 
 @contextlib.contextmanager
@@ -143,9 +143,9 @@ def values_(job_file, nodes, gpus_per_node, image, namespace, overrides, output)
 
     spec = load_cluster_job(job_file, overrides, nodes, gpus_per_node, image, namespace)
     flags = {"--nodes": nodes, "--gpus-per-node": gpus_per_node, "--image": image, "-n": namespace}
-    source = " ".join([job_file, *(f"{k} {v}" for k, v in flags.items() if v is not None),
-                       *(f"--set '{s}'" for s in overrides)])
-    text = values_file(spec, source)
+    args = [job_file, *(word for k, v in flags.items() if v is not None for word in (k, str(v))),
+            *(word for s in overrides for word in ("--set", s))]
+    text = values_file(spec, args)
     if output:
         Path(output).write_text(text)
         click.echo(f"wrote {output}; install it with: {install_hint(spec, output)}")
@@ -177,6 +177,8 @@ def submit(job_file, nodes, gpus_per_node, image, namespace, overrides, kubeconf
 
     cluster = connect(kubeconfig, context)
     with cluster_errors():
+        if spec.cluster.storage.claim:
+            jobs.check_claim(cluster, spec.cluster.namespace, spec.cluster.storage.claim, spec.cluster.max_nodes)
         jobs.submit(cluster, objects, dry_run=dry_run == "server", echo=click.echo)
         if dry_run == "server":
             return

@@ -3,12 +3,15 @@ run policy, network, security, monitoring. ClusterSpec (cluster_spec.py) puts th
 checks the rules that span sections.
 """
 
+import posixpath
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from launcher.k8s_types import Capability, DnsName, Duration, EnvName, Labels, Quantity, ResourceName, StrDict
+from launcher.k8s_types import (
+    INT32_MAX, INT64_MAX, Capability, has_control_character, DnsName, Duration, EnvName, ExtraLabels, Labels, Quantity, ResourceName, StrDict,
+)
 
 
 class Section(BaseModel):
@@ -35,6 +38,29 @@ class Resources(Section):
     ephemeral_storage: Quantity | None = Field(None, description="Ephemeral storage request (local scratch).")
 
 
+# Mounting the volume on (or above) these would hide what the container needs: the image's system
+# directories, the config mount (/etc/llmlaunch), the scratch emptyDir (/tmp, also HOME), /dev/shm.
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+               "/root", "/run", "/sbin", "/sys", "/tmp", "/usr", "/var")
+KERNEL_DIRS = ("/dev", "/etc", "/proc", "/sys")  # nothing may be mounted below these either
+
+
+def mount_path_problem(path: str) -> str | None:
+    """Why `path` cannot be the volume's mount point, or None: it must be absolute, normalised, and
+    neither be nor contain a system directory, nor lie under /dev, /etc, /proc or /sys."""
+    if not path.startswith("/") or has_control_character(path) or ":" in path:
+        return "must be an absolute path without control characters or ':'"
+    if posixpath.normpath(path) != path or path.startswith("//"):
+        return f"must be normalised (write {posixpath.normpath('/' + path.lstrip('/'))!r})"
+    for system in SYSTEM_DIRS:
+        if path == "/" or system == path or system.startswith(path + "/"):
+            return f"would hide the container's {system}; choose a directory of its own such as /workspace"
+    for kernel in KERNEL_DIRS:
+        if path.startswith(kernel + "/"):
+            return f"lies under {kernel}; choose a directory of its own such as /workspace"
+    return None
+
+
 class Storage(Section):
     """A PersistentVolumeClaim for data and checkpoints: an existing claim, or one created with the job."""
 
@@ -56,9 +82,15 @@ class Storage(Section):
             raise ValueError("set cluster.storage.claim (existing PVC) or cluster.storage.size (new PVC), not both")
         if self.storage_class and not self.size:
             raise ValueError("cluster.storage.storage_class only applies to a created PVC (set cluster.storage.size)")
-        if not self.mount_path.startswith("/") or self.mount_path.rstrip("/") in ("", "/etc/llmlaunch", "/dev/shm", "/tmp"):
-            raise ValueError(f"cluster.storage.mount_path must be an absolute path of its own (got {self.mount_path!r})")
         return self
+
+    @field_validator("mount_path")
+    @classmethod
+    def _own_directory(cls, path: str) -> str:
+        problem = mount_path_problem(path)
+        if problem:
+            raise ValueError(problem)
+        return path
 
     @property
     def enabled(self) -> bool:
@@ -79,7 +111,7 @@ class Toleration(Section):
     operator: Literal["Equal", "Exists"] = Field("Equal", description="Equal matches `value`; Exists any value.")
     value: str | None = Field(None, description="Taint value (operator Equal).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect; None = all.")
-    toleration_seconds: int | None = Field(None, ge=0, description="NoExecute only: how long the pod stays bound.")
+    toleration_seconds: int | None = Field(None, ge=0, le=INT64_MAX, description="NoExecute only: how long the pod stays bound.")
 
 
 class Scheduling(Section):
@@ -107,7 +139,7 @@ class Scheduling(Section):
     @field_validator("queue")
     @classmethod
     def _queue_label(cls, value: str | None) -> str | None:
-        if value is not None and (len(value) > 63 or not re.match(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$", value)):
+        if value is not None and (len(value) > 63 or not re.fullmatch(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$", value)):
             raise ValueError(f"must be a valid label value (got {value!r})")
         return value
 
@@ -115,9 +147,9 @@ class Scheduling(Section):
 class Elastic(Section):
     """torchrun elastic training: the job keeps running while nodes come and go between the bounds."""
 
-    min_nodes: int = Field(..., ge=1, description="Fewest nodes the job trains with.")
-    max_nodes: int = Field(..., ge=1, description="Most nodes the job scales to.")
-    max_restarts: int = Field(3, ge=0, description="Worker-group restarts torchrun allows before failing.")
+    min_nodes: int = Field(..., ge=1, le=INT32_MAX, description="Fewest nodes the job trains with.")
+    max_nodes: int = Field(..., ge=1, le=INT32_MAX, description="Most nodes the job scales to.")
+    max_restarts: int = Field(3, ge=0, le=INT32_MAX, description="Worker-group restarts torchrun allows before failing.")
 
 
 class RunPolicy(Section):
@@ -126,18 +158,18 @@ class RunPolicy(Section):
     restart_policy: Literal["OnFailure", "Never", "ExitCode", "Always"] = Field(
         "OnFailure", description="Pod restart policy of every replica."
     )
-    backoff_limit: int = Field(3, ge=0, description="Pod restarts before the job is marked Failed.")
+    backoff_limit: int = Field(3, ge=0, le=INT32_MAX, description="Pod restarts before the job is marked Failed.")
     clean_pod_policy: Literal["None", "Running", "All"] = Field(
         "None", description="Pods deleted when the job ends (None keeps them, so `llmlaunch logs` still works)."
     )
-    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished job after this long.")
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Fail the job after running this long.")
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, le=INT32_MAX, description="Delete the finished job after this long.")
+    active_deadline_seconds: int | None = Field(None, ge=1, le=INT64_MAX, description="Fail the job after running this long.")
     suspend: bool = Field(False, description="Create the job suspended (no pods until resumed).")
 
 
 class Rdma(Section):
     resource: ResourceName = Field("rdma/ib", description="Device-plugin resource of an RDMA/InfiniBand NIC.")
-    count: int = Field(1, ge=1, description="RDMA devices per pod.")
+    count: int = Field(1, ge=1, le=INT32_MAX, description="RDMA devices per pod.")
 
 
 class Network(Section):
@@ -154,7 +186,7 @@ class Network(Section):
     @classmethod
     def _nccl_names(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if not re.match(r"^NCCL_[A-Z0-9_]+$", key):
+            if not re.fullmatch(r"^NCCL_[A-Z0-9_]+$", key):
                 raise ValueError(f"{key!r} is not an NCCL_* variable (put other variables in cluster.env)")
         return value
 
@@ -162,9 +194,9 @@ class Network(Section):
 class Security(Section):
     """Pod and container security context (non-root, no privilege escalation, capabilities dropped)."""
 
-    run_as_user: int = Field(10001, ge=1, description="UID of the container (non-root; high to avoid host UIDs).")
-    run_as_group: int = Field(10001, ge=1, description="GID of the container.")
-    fs_group: int | None = Field(10001, ge=1, description="Group owning mounted volumes, so the trainer can write them.")
+    run_as_user: int = Field(10001, ge=1, le=INT64_MAX, description="UID of the container (non-root; high to avoid host UIDs).")
+    run_as_group: int = Field(10001, ge=1, le=INT64_MAX, description="GID of the container.")
+    fs_group: int | None = Field(10001, ge=1, le=INT64_MAX, description="Group owning mounted volumes, so the trainer can write them.")
     read_only_root_filesystem: bool = Field(
         True, description="Image filesystem read-only; /tmp (also HOME) is a writable emptyDir."
     )
@@ -178,6 +210,6 @@ class Monitoring(Section):
 
     pod_monitor: bool = Field(True, description="Create a PodMonitor (Prometheus operator) when train.metrics.enabled.")
     interval: Duration = Field("15s", description="Scrape interval of the PodMonitor.")
-    labels: Labels = Field(
+    labels: ExtraLabels = Field(
         default_factory=dict, description="Extra PodMonitor labels your Prometheus selects on (e.g. release: prometheus)."
     )

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from launcher.cluster_sections import (
     Elastic, Monitoring, Network, Resources, RunPolicy, Scheduling, SecretEnv, Section, Security, Storage,
 )
-from launcher.k8s_types import ENV_NAME, Annotations, DnsLabel, DnsName, Labels, StrDict
+from launcher.k8s_types import ENV_NAME, INT32_MAX, INT64_MAX, Annotations, DnsLabel, DnsName, ExtraLabels, StrDict
 
 SECRET_LIKE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CREDENTIAL", re.IGNORECASE)
 # Set by llmlaunch or the training operator; a user value would silently break the topology.
@@ -29,8 +29,8 @@ TRAINJOB_UNSUPPORTED = {  # fields a TrainJob (v1alpha1) cannot carry: they belo
 class ClusterSpec(Section):
     """Where the job runs on Kubernetes. Ignored by local runs except nodes / gpus_per_node defaults."""
 
-    nodes: int = Field(1, ge=1, description="Pods (one torchrun agent each): 1 master + nodes-1 workers.")
-    gpus_per_node: int = Field(0, ge=0, description="GPUs per pod; also torchrun's nproc_per_node (0 = one CPU process).")
+    nodes: int = Field(1, ge=1, le=INT32_MAX, description="Pods (one torchrun agent each): 1 master + nodes-1 workers.")
+    gpus_per_node: int = Field(0, ge=0, le=INT32_MAX, description="GPUs per pod; also torchrun's nproc_per_node (0 = one CPU process).")
     image: str | None = Field(
         None, min_length=1, description="The trainer image, built from the repository's Dockerfile and pushed to "
         "a registry the cluster pulls from (docs/cluster.md); no default. --image sets it."
@@ -62,35 +62,20 @@ class ClusterSpec(Section):
     security: Security = Field(default_factory=Security)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     termination_grace_period_seconds: int = Field(
-        120, ge=0, description="Time between SIGTERM and SIGKILL: the trainer writes its last checkpoint in it."
+        120, ge=0, le=INT64_MAX, description="Time between SIGTERM and SIGKILL: the trainer writes its last checkpoint in it."
     )
-    labels: Labels = Field(default_factory=dict, description="Extra labels on every object and pod.")
+    labels: ExtraLabels = Field(default_factory=dict, description="Extra labels on every object and pod.")
     annotations: Annotations = Field(default_factory=dict, description="Extra annotations on every object and pod.")
-
-    @field_validator("image")
-    @classmethod
-    def _image_is_one_token(cls, image: str | None) -> str | None:
-        if image is not None and any(c.isspace() for c in image):
-            raise ValueError(f"an image reference has no whitespace (got {image!r})")
-        return image
-
-    @field_validator("labels")
-    @classmethod
-    def _own_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key in labels:
-            if key.startswith("app.kubernetes.io/"):
-                raise ValueError(f"{key} is set by llmlaunch (it selects the job's objects)")
-        return labels
 
     @field_validator("env")
     @classmethod
     def _plain_env(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
-            if not ENV_NAME.match(name):
+            if not ENV_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not an environment variable name")
             if SECRET_LIKE.search(name):
                 raise ValueError(f"{name} looks like a secret; pass it through cluster.secrets (a secretKeyRef)")
-            if RESERVED_ENV.match(name):
+            if RESERVED_ENV.fullmatch(name):
                 raise ValueError(f"{name} is set by llmlaunch or the training operator")
             if name.startswith("NCCL_"):
                 raise ValueError(f"{name}: put NCCL_* variables in cluster.network.nccl")
@@ -102,7 +87,7 @@ class ClusterSpec(Section):
         for name in names:
             if names.count(name) > 1 or name in self.env or name in self.network.nccl:
                 raise ValueError(f"cluster.secrets: variable {name} is defined twice")
-            if RESERVED_ENV.match(name):
+            if RESERVED_ENV.fullmatch(name):
                 raise ValueError(f"cluster.secrets: {name} is set by llmlaunch or the training operator")
         if self.storage.access_mode != "ReadWriteMany" and self.storage.enabled and self.max_nodes > 1:
             raise ValueError(

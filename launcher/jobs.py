@@ -35,6 +35,20 @@ def _create_error(obj: dict[str, Any], job: str, e: KubeError) -> str:
     return f"cannot create {what}: {e}"
 
 
+def check_claim(cluster: Cluster, namespace: str, claim: str, pods: int) -> None:
+    """An existing claim (cluster.storage.claim) must exist and, for pods on several nodes, be
+    ReadWriteMany: its own access modes count, not the job file's declared access_mode."""
+    pvc = cluster.get(KINDS["PersistentVolumeClaim"], namespace, claim)
+    if pvc is None:
+        raise KubeError(f"cluster.storage.claim: no PersistentVolumeClaim {namespace}/{claim}; create it first, "
+                        "or set cluster.storage.size to have the job create one")
+    # Bound claims report what the volume offers; a pending one only what it asked for.
+    modes = (pvc.get("status") or {}).get("accessModes") or (pvc.get("spec") or {}).get("accessModes") or []
+    if pods > 1 and "ReadWriteMany" not in modes:
+        raise KubeError(f"cluster.storage.claim: PersistentVolumeClaim {namespace}/{claim} is {', '.join(modes) or 'of no access mode'}; "
+                        f"{pods} pods on different nodes need ReadWriteMany")
+
+
 def submit(cluster: Cluster, objects: list[dict[str, Any]], dry_run: bool, echo: Echo) -> None:
     """Create the objects in order; if one fails, delete the ones already created, then raise."""
     check_installed(cluster, objects)
@@ -101,11 +115,11 @@ def wait(cluster: Cluster, kind: Kind, namespace: str, name: str, timeout: float
 
 
 def list_jobs(cluster: Cluster, namespace: str | None) -> list[dict[str, Any]]:
-    """Summaries of the jobs llmlaunch created, oldest first; namespace None = all namespaces."""
+    """Summaries of the llmlaunch jobs (submitted or installed with the chart), oldest first; namespace None = all."""
     served = [k for k in JOB_KINDS if k not in cluster.missing_kinds([k])]
     if not served:
         raise KubeError(f"the cluster at {cluster.host} serves neither PyTorchJob nor TrainJob: {JOB_KINDS[0].install_hint}")
-    items = [obj for kind in served for obj in cluster.list(kind, namespace, f"{names.MANAGED_BY_LABEL}=llmlaunch")]
+    items = [obj for kind in served for obj in cluster.list(kind, namespace, names.jobs_selector())]
     items.sort(key=lambda o: (o["metadata"].get("creationTimestamp") or "", o["metadata"]["name"]))
     return [job_status.summary(o) for o in items]
 
@@ -118,6 +132,13 @@ def delete_job(cluster: Cluster, namespace: str, name: str, keep_data: bool, ech
              if not o["metadata"].get("deletionTimestamp")]  # already going (e.g. a PVC still in use)
     if not found:
         raise KubeError(f"no job {name} in namespace {namespace}: nothing to delete")
+    for _, obj in found:
+        meta = obj["metadata"]
+        if (meta.get("labels") or {}).get(names.MANAGED_BY_LABEL) == "Helm":
+            # Deleting a release's objects behind Helm's back leaves a release that lies about them.
+            release = (meta.get("annotations") or {}).get(names.HELM_RELEASE_ANNOTATION, name)
+            raise KubeError(f"job {name} in namespace {namespace} was installed with Helm (release {release}): "
+                            f"remove it with helm uninstall {release} -n {namespace}")
     for kind, obj in found:
         try:
             cluster.delete(kind, namespace, obj["metadata"]["name"])

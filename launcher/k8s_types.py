@@ -7,9 +7,14 @@ with the key named, not later as a server error about a half-created job.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
+
+# Largest values of the API's int32 / int64 fields (replicas, backoffLimit / seconds, UIDs).
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 # The API server's own patterns (apimachinery validation).
 QUANTITY = re.compile(r"^[+]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
@@ -22,6 +27,11 @@ DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0
 CAPABILITY = re.compile(r"^[A-Z_]+$")
 
 
+def has_control_character(text: str) -> bool:
+    """C0/C1 controls, DEL and the Unicode line/paragraph separators: never part of a name or path."""
+    return any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029" for c in text)
+
+
 def _scalar_to_str(value: Any) -> Any:
     """YAML reads `cpu: 8` or `NCCL_IB_TIMEOUT: 22` as numbers; Kubernetes wants strings."""
     if isinstance(value, bool):
@@ -32,19 +42,19 @@ def _scalar_to_str(value: Any) -> Any:
 
 
 def _quantity(value: str) -> str:
-    if not QUANTITY.match(value):
+    if not QUANTITY.fullmatch(value):
         raise ValueError(f"not a Kubernetes quantity such as 8, 500m, 64Gi")
     return value
 
 
 def _dns_label(value: str) -> str:
-    if len(value) > 63 or not DNS1123_LABEL.match(value):
+    if len(value) > 63 or not DNS1123_LABEL.fullmatch(value):
         raise ValueError(f"must be a DNS-1123 label: lowercase letters, digits, '-', at most 63")
     return value
 
 
 def _dns_subdomain(value: str) -> str:
-    if len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
+    if len(value) > 253 or not DNS1123_SUBDOMAIN.fullmatch(value):
         raise ValueError(f"must be a DNS-1123 name: lowercase letters, digits, '-' and '.'")
     return value
 
@@ -52,9 +62,9 @@ def _dns_subdomain(value: str) -> str:
 def check_label_key(key: str) -> str:
     """`prefix/name` or `name`, as labels, annotations, node selectors and resource names use."""
     prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
+    if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.fullmatch(prefix)):
         raise ValueError(f"key {key!r}: prefix must be a DNS-1123 subdomain")
-    if len(name) > 63 or not LABEL_NAME.match(name):
+    if len(name) > 63 or not LABEL_NAME.fullmatch(name):
         raise ValueError(f"key {key!r}: name part must be at most 63 letters, digits, '-', '_', '.'")
     return key
 
@@ -62,8 +72,21 @@ def check_label_key(key: str) -> str:
 def _labels(value: dict[str, str]) -> dict[str, str]:
     for key, val in value.items():
         check_label_key(key)
-        if len(val) > 63 or not LABEL_VALUE.match(val):
+        if len(val) > 63 or not LABEL_VALUE.fullmatch(val):
             raise ValueError(f"value of {key!r} must be at most 63 letters, digits, '-', '_', '.' (got {val!r})")
+    return value
+
+
+def _not_reserved(key: str) -> str:
+    if RESERVED_LABEL.match(key):
+        raise ValueError(f"key {key!r} is set by llmlaunch, Helm or the operators (list, delete and the "
+                         "PodMonitor select on it)")
+    return key
+
+
+def _extra_labels(value: dict[str, str]) -> dict[str, str]:
+    for key in value:
+        _not_reserved(key)
     return value
 
 
@@ -74,19 +97,19 @@ def _annotations(value: dict[str, str]) -> dict[str, str]:
 
 
 def _env_name(value: str) -> str:
-    if not ENV_NAME.match(value):
+    if not ENV_NAME.fullmatch(value):
         raise ValueError(f"not an environment variable name")
     return value
 
 
 def _duration(value: str) -> str:
-    if not value or not DURATION.match(value):
+    if not value or not DURATION.fullmatch(value):
         raise ValueError(f"not a Prometheus duration such as 15s or 1m")
     return value
 
 
 def _capability(value: str) -> str:
-    if not CAPABILITY.match(value):
+    if not CAPABILITY.fullmatch(value):
         raise ValueError(f"not a Linux capability name such as IPC_LOCK")
     return value
 
@@ -98,6 +121,9 @@ def _str_dict(value: Any) -> Any:
 
 
 LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+# Label keys that select a job's objects and pods (names.py); no user labels field may set them.
+RESERVED_LABEL = re.compile(r"^((app\.kubernetes\.io|helm\.sh|training\.kubeflow\.org|jobset\.sigs\.k8s\.io|"
+                            r"batch\.kubernetes\.io)/|kueue\.x-k8s\.io/queue-name$)")
 SCALAR = ["string", "number", "boolean"]  # YAML scalars a job file may write where Kubernetes wants a string
 
 
@@ -107,8 +133,9 @@ def _schema(**schema: Any) -> WithJsonSchema:
     return WithJsonSchema(schema)
 
 
-def _map_schema(values: dict) -> WithJsonSchema:
-    return _schema(type="object", propertyNames={"pattern": LABEL_KEY.pattern}, additionalProperties=values)
+def _map_schema(values: dict, reserved: bool = False) -> WithJsonSchema:
+    names = {"pattern": LABEL_KEY.pattern, **({"not": {"pattern": RESERVED_LABEL.pattern}} if reserved else {})}
+    return _schema(type="object", propertyNames=names, additionalProperties=values)
 
 
 Quantity = Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(_quantity),
@@ -122,6 +149,11 @@ Duration = Annotated[str, AfterValidator(_duration), _schema(type="string", minL
 Capability = Annotated[str, AfterValidator(_capability), _schema(type="string", pattern=CAPABILITY.pattern)]
 Labels = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_labels),
                    _map_schema({"type": SCALAR, "maxLength": 63, "pattern": LABEL_VALUE.pattern})]
+# Labels a user adds to llmlaunch's objects (cluster.labels, monitoring.labels, the chart's labels).
+ExtraLabels = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_labels), AfterValidator(_extra_labels),
+                        _map_schema({"type": SCALAR, "maxLength": 63, "pattern": LABEL_VALUE.pattern}, reserved=True)]
+ExtraLabelKey = Annotated[str, AfterValidator(check_label_key), AfterValidator(_not_reserved),
+                          _schema(type="string", pattern=LABEL_KEY.pattern, **{"not": {"pattern": RESERVED_LABEL.pattern}})]
 Annotations = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_annotations),
                         _map_schema({"type": SCALAR})]
 StrDict = Annotated[dict[str, str], BeforeValidator(_str_dict),

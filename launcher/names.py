@@ -44,9 +44,19 @@ def network_policy(job: str) -> str:
     return job
 
 
+NAME_LABEL = "app.kubernetes.io/name"
+HELM_RELEASE_ANNOTATION = "meta.helm.sh/release-name"  # Helm 3 puts it on every object of a release
+
+
 def selector(job: str) -> str:
-    """Label selector matching every object llmlaunch created for `job`."""
-    return f"{INSTANCE_LABEL}={job},{MANAGED_BY_LABEL}=llmlaunch"
+    """Label selector matching every object of `job`, whether `llmlaunch submit` or the Helm chart
+    created it (managed-by is llmlaunch for one and Helm for the other; name and instance are shared)."""
+    return f"{NAME_LABEL}=llmlaunch,{INSTANCE_LABEL}={job}"
+
+
+def jobs_selector() -> str:
+    """Every llmlaunch job, submitted or installed with the chart."""
+    return f"{NAME_LABEL}=llmlaunch"
 
 
 def common_labels(spec: JobSpec, component: str) -> dict[str, str]:
@@ -81,7 +91,7 @@ def derived_names(spec: JobSpec) -> list[str]:
 
 def check_names(spec: JobSpec) -> None:
     """Every name the job leads to is a valid DNS-1035 label, or a ConfigError naming the problem."""
-    if not DNS1035.match(spec.name):
+    if not DNS1035.fullmatch(spec.name):
         raise ConfigError([f"name: must start with a letter, since Kubernetes services are named after it (got {spec.name!r})"])
     for derived in [config_map(spec.name), data_claim(spec.name), *derived_names(spec)]:
         if len(derived) > MAX_LABEL:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from launcher import names, pod_values
+from launcher import names, pod_values, rules
 from launcher.spec import JobSpec
-from trainer.config import ConfigError
 from trainer.ds_config import build_ds_config, resolve_precision
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -72,10 +72,27 @@ def _bytecode_cache():
 
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmlaunch" / "jinja"
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         return None  # a read-only home: compile every time
+    if not private_directory(root):
+        return None  # someone else could plant compiled code that rendering would run
     return jinja2.FileSystemBytecodeCache(str(root))
+
+
+def private_directory(path: Path) -> bool:
+    """`path` and its parent belong to this user and nobody else may write them (a bytecode cache is code)."""
+    import os
+    import stat
+
+    for directory in (path, path.parent):
+        try:
+            st = directory.lstat()
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+    return True
 
 
 @functools.cache
@@ -109,37 +126,11 @@ def pod_precision(spec: JobSpec) -> str | None:
 def config_files(spec: JobSpec) -> dict[str, str]:
     """The ConfigMap's two files: the resolved train.yaml and ds_config.json."""
     c, train = spec.cluster, spec.train
-    world = c.nodes * c.procs_per_node
-    if c.elastic is None:
-        try:
-            train.check_world_size(world)
-        except ValueError as e:
-            raise ConfigError([f"train.run.global_batch_size: {e}"]) from e
-    elif train.run.global_batch_size is not None:
-        raise ConfigError(["train.run.global_batch_size: cannot be fixed with cluster.elastic (the world size changes)"])
-    ds = build_ds_config(train, world_size=world, precision=pod_precision(spec))
+    rules.check_topology(spec)
+    ds = build_ds_config(train, world_size=c.nodes * c.procs_per_node, precision=pod_precision(spec))
     if c.elastic is not None:
         ds.pop("train_batch_size", None)  # DeepSpeed derives it from micro x accum x the actual world size
     return {"train.yaml": train.to_yaml(), "ds_config.json": json.dumps(ds, indent=2, sort_keys=True) + "\n"}
-
-
-def check_ports(spec: JobSpec) -> None:
-    port = spec.train.metrics.port
-    taken = {pod_values.PYTORCHJOB_PORT: "the PyTorchJob rendezvous port", pod_values.TRAINJOB_PORT: "the TrainJob rendezvous port"}
-    if spec.train.metrics.enabled and port in taken:
-        raise ConfigError([f"train.metrics.port: {port} is {taken[port]}; choose another"])
-
-
-IMAGE_MISSING = ("cluster.image is not set: build the trainer image from the repository's Dockerfile, push it "
-                 "(docker build -t REGISTRY/llmlaunch-trainer:0.1.0 . && docker push REGISTRY/llmlaunch-trainer:0.1.0; "
-                 "docs/cluster.md) and set cluster.image or pass --image")
-
-
-def check_image(spec: JobSpec) -> None:
-    """Pods need an image that exists: llmlaunch names none by default (a made-up default only fails later,
-    as ImagePullBackOff in the cluster)."""
-    if spec.cluster.image is None:
-        raise ConfigError([IMAGE_MISSING])
 
 
 def _meta(spec: JobSpec, name: str, component: str, extra_labels: dict | None = None) -> dict[str, Any]:
@@ -150,9 +141,7 @@ def _meta(spec: JobSpec, name: str, component: str, extra_labels: dict | None = 
 
 def documents(spec: JobSpec) -> list[str]:
     """The rendered template text of each object, in creation order (the job last)."""
-    names.check_names(spec)
-    check_ports(spec)
-    check_image(spec)
+    rules.check_job(spec, pods=True)  # load_job ran them; a spec built in code gets the same checks
     env, c, name = environment(), spec.cluster, spec.name
     docs = [env.get_template("configmap.yaml.j2").render(meta=_meta(spec, names.config_map(name), "config"),
                                                          files=config_files(spec))]
@@ -201,9 +190,27 @@ class _BlockDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml's 
     """Multi-line strings (train.yaml, ds_config.json) as literal blocks, so a diff is readable."""
 
 
-_BlockDumper.add_representer(
-    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+# Plain scalars that kubectl's YAML reader (go-yaml v2, YAML 1.1 rules plus Go's number syntax) takes
+# for a bool, null or number, though PyYAML would write them unquoted: y, n, on, 1e5, 0o17, 0x1F, 1_000.
+GO_YAML_NON_STRING = re.compile(
+    r"y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF|~|null|Null|NULL"
+    r"|[-+]?\.(inf|Inf|INF|nan|NaN|NAN)"
+    r"|[-+]?(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9][0-9_]*)"
+    r"|[-+]?(\.[0-9_]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?"
 )
+
+
+def _represent_str(dumper, text: str):
+    if "\n" in text:
+        style = "|"
+    elif GO_YAML_NON_STRING.fullmatch(text):
+        style = "'"
+    else:
+        style = None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_BlockDumper.add_representer(str, _represent_str)
 
 
 def to_yaml(obj: dict[str, Any]) -> str:

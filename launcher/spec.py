@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from launcher.cluster_spec import ClusterSpec
 from trainer.config import ConfigError, TrainConfig, describe_validation_error
 
-DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # services are named after the job: a letter first
 MAX_NAME = 40  # leaves room for the longest suffix we append (e.g. "-worker-12345" and pod hashes)
 
 
@@ -32,8 +32,9 @@ class JobSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _dns_name(cls, name: str) -> str:
-        if not DNS1123.match(name):
-            raise ValueError(f"must be lowercase letters, digits and '-', starting and ending alphanumeric (got {name!r})")
+        if not DNS1035.fullmatch(name):
+            raise ValueError(f"must be lowercase letters, digits and '-', starting with a letter and ending "
+                             "alphanumeric, since Kubernetes services are named after it")
         if len(name) > MAX_NAME:
             raise ValueError(f"must be at most {MAX_NAME} characters (got {len(name)})")
         return name
@@ -48,6 +49,8 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    except ValueError as e:  # more digits than Python converts
+        raise ConfigError([f"--set {key}: value out of range ({str(e).splitlines()[0]})"]) from e
     return key.split("."), value
 
 
@@ -84,8 +87,13 @@ def _resolve_local_paths(data: dict, base: Path) -> None:
                     part[key] = str(candidate.resolve())
 
 
-def load_job(path: str | Path, overrides: list[str] = (), resolve_paths: bool = True) -> JobSpec:
-    """Read a job file, apply `--set` overrides, validate. Raises ConfigError (one line per problem)."""
+def load_job(path: str | Path, overrides: list[str] = (), resolve_paths: bool = True, local: bool = False,
+             pods: bool = False) -> JobSpec:
+    """Read a job file, apply `--set` overrides, validate, check every rule of launcher.rules.
+    Raises ConfigError (one line per problem). local: for `llmlaunch train`; pods: for the commands that
+    make pods (see rules.check_job)."""
+    from launcher.rules import check_job, check_plain_data
+
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -93,14 +101,20 @@ def load_job(path: str | Path, overrides: list[str] = (), resolve_paths: bool = 
         raise ConfigError([f"{path}: cannot read job file ({e.strerror})"]) from e
     except yaml.YAMLError as e:
         raise ConfigError([f"{path}: not valid YAML ({str(e).splitlines()[0]})"]) from e
+    except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise ConfigError([f"{path}: a value is out of range ({str(e).splitlines()[0]})"]) from e
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: a job file is a mapping with name, cluster and train"])
+    check_plain_data(data, str(path))
     apply_overrides(data, list(overrides))
+    check_plain_data(data, "--set")
     if resolve_paths:
         _resolve_local_paths(data, path.parent)
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
     except ValidationError as e:
         # A section-level rule already names its full key: "cluster: cluster.nodes ..." -> "cluster.nodes ..."
         lines = [re.sub(r"^(\w+): \1\.", r"\1.", line) for line in describe_validation_error(e)]
         raise ConfigError(lines) from e
+    check_job(spec, local=local, pods=pods)
+    return spec

@@ -8,6 +8,7 @@ The rest is the job's `cluster` section in camelCase; the chart lays it out into
 
 from __future__ import annotations
 
+import shlex
 import textwrap
 import types
 import typing
@@ -16,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
 
-from launcher import names, render
+from launcher import render, rules
 from launcher.chart_values import ChartMonitoring, ChartValues, ConfigFiles, camel_dump
 from launcher.spec import JobSpec
 
@@ -26,8 +27,7 @@ WIDTH = 100
 def chart_values(spec: JobSpec, name: str | None = None) -> dict[str, Any]:
     """Complete values (every key, in the chart's order) that make the chart render `spec`'s objects.
     `name` replaces the job name ("" = the release name, as the chart's own values.yaml has it)."""
-    names.check_names(spec)
-    render.check_ports(spec)
+    rules.check_job(spec, pods=True)
     files = render.config_files(spec)
     cluster = {key: getattr(spec.cluster, key) for key in type(spec.cluster).model_fields if key in ChartValues.model_fields}
     model = ChartValues.model_validate({
@@ -40,7 +40,7 @@ def chart_values(spec: JobSpec, name: str | None = None) -> dict[str, Any]:
 
 
 def install_hint(spec: JobSpec, values_file: str) -> str:
-    return f"helm install {spec.name} ./helm/llmlaunch -n {spec.cluster.namespace} -f {values_file}"
+    return shell_command(["helm", "install", spec.name, "./helm/llmlaunch", "-n", spec.cluster.namespace, "-f", values_file])
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:
@@ -75,17 +75,43 @@ def _documented(model: type[BaseModel], data: dict[str, Any], indent: int) -> li
     return lines
 
 
+def _is_control(c: str) -> bool:
+    return ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029"
+
+
+def shell_word(arg: str) -> str:
+    """`arg` as one shell word that a paste reproduces exactly, on one line: shlex quoting, or bash's
+    $'...' with escapes when it holds a control character (a newline would end the comment)."""
+    if not any(_is_control(c) for c in arg):
+        return shlex.quote(arg)
+    out = []
+    for c in arg:
+        if c in "\\'":
+            out.append("\\" + c)
+        elif not _is_control(c):
+            out.append(c)
+        else:
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+    return "$'" + "".join(out) + "'"
+
+
+def shell_command(args: list[str]) -> str:
+    return " ".join(shell_word(a) for a in args)
+
+
 def documented_yaml(values: dict[str, Any], header: list[str]) -> str:
     """The values as YAML with each key's description as a comment above it (a values.yaml a person reads)."""
+    for line in header:  # a header line is one comment line: callers quote what they show (shell_command)
+        if any(_is_control(c) for c in line):
+            raise ValueError(f"header line with a line break: {line!r}")
     lines = [f"# {line}" if line else "#" for line in header]
     return "\n".join([*lines, "", *_documented(ChartValues, values, 0)]) + "\n"
 
 
-def values_file(spec: JobSpec, source: str) -> str:
-    """What `llmlaunch values` prints: the documented values of one job."""
-    render.check_image(spec)
+def values_file(spec: JobSpec, args: list[str]) -> str:
+    """What `llmlaunch values` prints: the documented values of one job; `args` are the command's own."""
     header = [
-        f"Helm values for job {spec.name}, written by `llmlaunch values {source}`.",
+        f"Helm values for job {spec.name}, written by `{shell_command(['llmlaunch', 'values', *args])}`.",
         f"Install: {install_hint(spec, 'values.yaml')}",
         "config.* was computed for nodes, gpusPerNode and elastic below: to change those, run llmlaunch",
         "values again (with --nodes / --gpus-per-node / --set); other keys may be edited here or with --set.",

@@ -17,6 +17,7 @@ import yaml
 
 import chart_helm
 from golden_cases import cases, load_case
+from launcher.k8s_types import has_control_character
 from launcher.render import render
 from launcher.spec import JobSpec
 from launcher.values import chart_values, documented_yaml
@@ -72,7 +73,9 @@ def test_user_strings_reach_the_chart_verbatim(value, tmp_path):
         "secrets": [{"env": "HF_TOKEN", "secret": "hf", "key": value or "k"}],
         "network": {"nccl": {"NCCL_DEBUG": value}},
         "scheduling": {"tolerations": [{"key": "gpu", "operator": "Equal", "value": value}]},
-        "storage": {"size": "1Gi", "mount_path": "/data/" + value.replace("\n", "n")},
+        # A mount path takes no control characters, ':' or '..' (launcher.rules refuses them): the rest stays.
+        "storage": {"size": "1Gi", "mount_path": "/data/" + ("".join(
+            c for c in value if c not in "/.:" and not has_control_character(c)) or "x")},
     })
     base["train"]["data"]["text_field"] = value
     spec = JobSpec.model_validate(base)

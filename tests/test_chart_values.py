@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -154,12 +155,12 @@ def test_values_writes_a_file_with_o(tmp_path):
     assert f"wrote {out}; install it with: helm install tiny ./helm/llmlaunch -n default -f {out}" in result.stdout
     assert yaml.safe_load(yaml.safe_load(out.read_text())["config"]["trainYaml"])["optim"]["lr"] == 1e-3
     spec = load_job(TINY, ["train.optim.lr=1e-3"], resolve_paths=False)
-    assert out.read_text() == values_file(spec, f"{TINY} --set 'train.optim.lr=1e-3'")
+    assert out.read_text() == values_file(spec, [TINY, "--set", "train.optim.lr=1e-3"])
 
 
 @pytest.mark.parametrize("args, message", [
     (["--set", "cluster.nodes=0"], "error: cluster.nodes: Input should be greater than or equal to 1 (got 0)"),
-    (["--set", "train.precision=fp16"], "error: train.precision: fp16 needs a GPU"),
+    (["--set", "train.precision=fp16"], "error: train.precision: fp16 needs GPU pods"),
     (["--set", "train.run.global_batch_size=7", "--nodes", "2"], "error: train.run.global_batch_size:"),
     (["--set", "name=Tiny"], "error: name: must be lowercase"),
     (["--set", "cluster.storage.access_mode=ReadWriteOnce", "--set", "cluster.storage.size=1Gi", "--nodes", "2"],
@@ -196,3 +197,20 @@ def test_chart_targets_this_release_of_llmlaunch():
     assert chart["apiVersion"] == "v2" and chart["appVersion"] == version
     assert chart_values(load_case("tiny"))["image"].endswith(f":{version}")
     assert chart["kubeVersion"] == ">=1.20.0-0 <1.35.0-0"  # 1.20: the tests' apiserver; 1.34: newest schemas checked
+
+
+def test_values_header_is_comment_lines_and_a_pasteable_command():
+    """A --set value with a newline must not add YAML to the values file, and the command shown must
+    give the shell back exactly the arguments that produced the file."""
+    note = "x\nname: injected\n'$(touch pwned)' \\"
+    result = run("values", TINY, "--set", f"cluster.annotations.note={note}", "--set", "cluster.env.A=b c")
+    assert result.exit_code == 0, result.output
+    header = result.stdout.split("\n\n", 1)[0].splitlines()
+    assert all(line.startswith("#") for line in header), header
+    values = yaml.safe_load(result.stdout)
+    assert values["name"] == "tiny" and values["annotations"] == {"note": note}
+    shown = header[0].split("`")[1]
+    echo_args = "import json, sys; print(json.dumps(sys.argv[1:]))"
+    words = subprocess.run(["bash", "-c", f"python3 -c {shlex.quote(echo_args)} {shown.removeprefix('llmlaunch ')}"],
+                           capture_output=True, text=True, check=True).stdout
+    assert json.loads(words) == ["values", TINY, "--set", f"cluster.annotations.note={note}", "--set", "cluster.env.A=b c"]

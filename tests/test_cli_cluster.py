@@ -56,7 +56,7 @@ def test_render_to_a_directory_writes_one_file_per_object(tmp_path):
         (["render", TINY, "--set", "cluster.nodes=0"], "error: cluster.nodes: Input should be greater than or equal to 1"),
         (["render", TINY, "-n", "Bad_NS"], "error: cluster.namespace: must be a DNS-1123 label"),
         (["render", TINY, "--image", "a b"], "error: cluster.image: an image reference has no whitespace"),
-        (["render", TINY, "--set", "train.precision=fp16"], "error: train.precision: fp16 needs a GPU"),
+        (["render", TINY, "--set", "train.precision=fp16"], "error: train.precision: fp16 needs GPU pods"),
         (["submit", TINY, "--set", "cluster.env.API_TOKEN=x"], "error: cluster.env: API_TOKEN looks like a secret"),
         # no default image: every cluster command says how to build one instead of naming one that does not exist
         *(([command, MULTINODE], "error: cluster.image is not set: build the trainer image from the repository's "

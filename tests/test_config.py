@@ -84,7 +84,7 @@ def test_model_needs_exactly_one_source(tmp_path):
 
 
 def test_global_batch_must_match_world_size(tmp_path):
-    cfg = load_job(tiny_job(tmp_path, run={"global_batch_size": 12})).train
+    cfg = load_job(tiny_job(tmp_path, run={"global_batch_size": 12}), local=True).train
     cfg.check_world_size(3)  # 4 x 1 x 3
     with pytest.raises(ValueError, match="global_batch_size 12 does not divide into 2 processes"):
         cfg.check_world_size(2)
@@ -100,7 +100,7 @@ def test_precision_auto_and_fp16_on_cpu():
 
 def test_preflight_collects_every_problem(tmp_path):
     cfg = load_job(tiny_job(tmp_path, data={"train": str(tmp_path / "missing.jsonl")}, precision="fp16",
-                            run={"global_batch_size": 5})).train
+                            run={"global_batch_size": 5}), local=True).train
     with pytest.raises(ConfigError) as info:
         run_preflight(cfg, world_size=2, has_gpu=False)
     problems = info.value.problems

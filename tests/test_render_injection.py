@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from launcher import render
+from launcher.k8s_types import has_control_character
 from launcher.spec import JobSpec
 
 TINY = yaml.safe_load((Path(__file__).resolve().parent.parent / "examples" / "tiny.yaml").read_text())
@@ -37,7 +38,9 @@ def job_with(value: str, image: str) -> JobSpec:
         "secrets": [{"env": "HF_TOKEN", "secret": "hf", "key": value or "k"}],
         "network": {"nccl": {"NCCL_DEBUG": value}},
         "scheduling": {"tolerations": [{"key": "gpu", "operator": "Equal", "value": value}]},
-        "storage": {"size": "1Gi", "mount_path": "/data/" + value},
+        # A mount path takes no control characters, ':' or '..' (launcher.rules refuses them): the rest stays.
+        "storage": {"size": "1Gi", "mount_path": "/data/" + ("".join(c for c in value if c not in "/.:" and
+                                                                   not has_control_character(c)) or "x")},
     })
     data["train"]["data"]["text_field"] = value
     return JobSpec.model_validate(data)
@@ -52,7 +55,8 @@ BASELINE = rendered(job_with("plain", "ghcr.io/x/trainer:1"))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(value=TEXT, image=st.text(min_size=1, max_size=20).filter(lambda s: not any(c.isspace() for c in s)))
+@given(value=TEXT, image=st.text(min_size=1, max_size=20).filter(
+    lambda s: not any(c.isspace() for c in s) and not has_control_character(s)))
 def test_user_strings_land_verbatim_and_change_no_structure(value, image):
     spec = job_with(value, image)
     objs = rendered(spec)

@@ -162,3 +162,26 @@ def test_a_hung_rank_fails_the_job_fast_and_is_named(tmp_path):
     assert "error: training failed" in result.log
     # Detected within the timeout plus one check interval, and everything down soon after.
     assert time.time() - hang["time"] < 5 + 1 + 30
+
+
+def test_a_failed_save_is_counted_and_training_goes_on(tmp_path):
+    """rank 1's write of the step-4 checkpoint fails (a full volume): no COMPLETE for step 4, the run
+    trains on and saves steps 8 and 12; with max_failed_saves 1 the same failure fails the run."""
+    job = tiny_job(tmp_path, run={**RUN, "max_restarts": 0})
+    result = run_cli(tmp_path, str(job), *NODES, failpoints="checkpoint@4:rank=1:fail")
+    assert result.returncode == 0, result.log[-3000:]
+    assert [f["rank"] for f in result.faults] == [1]
+    assert ("checkpoint step 4 FAILED (1 in a row, at most 3): checkpoint step 4 not saved "
+            "(rank 1: [Errno 28] No space left on device (failpoint))") in result.log
+    ckpts = tmp_path / "out" / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*") if (p / "COMPLETE").is_file()) == ["step-000008", "step-000012"]
+    assert not (ckpts / "step-000004").exists()  # the partial directory is pruned by the next save
+    assert (tmp_path / "out" / "final" / "config.json").is_file()
+
+    strict = tiny_job(tmp_path, name="strict", run={**RUN, "max_restarts": 0, "max_failed_saves": 1,
+                                                     "output_dir": str(tmp_path / "strict")})
+    (tmp_path / "second").mkdir()  # its own failpoint markers: each fires once per directory
+    failed = run_cli(tmp_path / "second", str(strict), *NODES, failpoints="checkpoint@4:rank=1:fail")
+    assert failed.returncode == 1
+    assert "1 checkpoint saves failed in a row (train.run.max_failed_saves 1)" in failed.log
+    assert not (tmp_path / "strict" / "final").exists()

@@ -28,9 +28,11 @@ def make(cfg: MetricsConfig | None = None, *, node_rank=0, local_rank=0, rank=0,
     )
 
 
-def step(m: TrainMetrics, n: int, *, tokens=4096, seconds=0.5, **kw) -> None:
+def step(m: TrainMetrics, n: int, *, tokens=4096, seconds=0.5, overflow=False, **kw) -> None:
+    """One optimizer step, logged (log_every 1), as RunLog drives the exporter."""
     args = dict(step=n, loss=2.5, lr=1e-4, grad_norm=0.7, tokens=tokens, samples=4, step_seconds=seconds,
-                data_wait_seconds=0.05)
+                data_wait_seconds=0.05, skipped_steps=int(overflow))
+    m.observe_step_duration(seconds)
     m.on_step(**{**args, **kw})
 
 

@@ -59,10 +59,12 @@ def main() -> int:
         time.sleep(args.step_seconds * 0.9)  # "forward, backward, optimizer"
         overflow = step in OVERFLOW_STEPS
         loss_scale = loss_scale / 2 if overflow else loss_scale
+        seconds = time.perf_counter() - t0
+        metrics.observe_step_duration(seconds)
         metrics.on_step(
             step=step, loss=2.0 + 4.0 * math.exp(-step / 60), lr=3e-3 * min(1.0, step / 20), grad_norm=1.0 / math.sqrt(step),
-            tokens=tokens_per_step, samples=MICRO_BATCH * world, step_seconds=time.perf_counter() - t0,
-            data_wait_seconds=data_wait, loss_scale=loss_scale, overflow=overflow,
+            tokens=tokens_per_step, samples=MICRO_BATCH * world, step_seconds=seconds,
+            data_wait_seconds=data_wait, loss_scale=loss_scale, skipped_steps=int(overflow),
         )
         if step % 10 == 0:
             # last rank of every node is 10% slower: a straggler the dashboard should show

@@ -69,20 +69,37 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class SaveFailed(Exception):
+    """A checkpoint could not be written on some rank; raised on every rank alike (collective)."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
 def save(engine, root: Path, step: int, loop_state: dict[str, Any], *, keep_last: int, protect: int | None,
          micro_batch_size: int | None = None) -> float:
-    """Write a checkpoint from every rank; returns the seconds it took. Collective: all ranks call it."""
+    """Write a checkpoint from every rank; returns the seconds it took. Collective: all ranks call it.
+    Raises SaveFailed on every rank when a write failed on any (OSError), leaving no COMPLETE."""
     start = time.perf_counter()
     target = step_dir(root, step)
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank == 0 and target.exists():  # a leftover from a crash at this very step
         shutil.rmtree(target)
     dist.barrier()
-    engine.save_checkpoint(str(root), tag=target.name, client_state=UNIVERSAL_INFO)
-    buf = _torch_bytes({"loop": loop_state, "rng": rng_state()})
-    _atomic_write(target / f"loop-rank{rank}.pt", buf)
-    failpoint("checkpoint", step)
-    dist.barrier()  # every rank has written its part
+    error = None
+    try:
+        engine.save_checkpoint(str(root), tag=target.name, client_state=UNIVERSAL_INFO)
+        buf = _torch_bytes({"loop": loop_state, "rng": rng_state()})
+        _atomic_write(target / f"loop-rank{rank}.pt", buf)
+        failpoint("checkpoint", step)
+    except OSError as e:  # full or vanished volume, permissions: this rank's part is missing
+        error = f"rank {rank}: {e}"
+    errors = [None] * world
+    dist.all_gather_object(errors, error)  # every rank has written its part, or says why not
+    failed = [e for e in errors if e is not None]
+    if failed:  # no COMPLETE: the partial directory is never loaded, and the next save prunes it
+        raise SaveFailed(f"checkpoint step {step} not saved ({'; '.join(failed)})", time.perf_counter() - start)
     names = checkpoint_files(target)
     parts = [None] * world
     dist.all_gather_object(parts, describe(target, share(names, rank, world)))

@@ -164,6 +164,10 @@ class RunConfig(Section):
     eval_batches: int | None = Field(None, ge=1, description="Cap on eval batches per rank (None = all).")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0 = only at the end).")
     keep_last: int = Field(2, ge=1, description="Checkpoints kept besides the best.")
+    max_failed_saves: int = Field(
+        3, ge=1, description="Consecutive failed checkpoint saves (full or lost volume) before the run fails; "
+        "a failed save is logged, counted as llmlaunch_checkpoints_total{result=\"failed\"} and training goes on.",
+    )
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     log_every: int = Field(10, ge=1, description="Log metrics every N steps (each log synchronises the device).")
     seed: int = Field(1234, description="Seeds init, data order and dropout.")

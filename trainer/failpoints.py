@@ -7,7 +7,8 @@
 rendezvous' node rank survives restarts). Once per run: a marker file in LLMLAUNCH_FAILPOINT_DIR
 remembers it across restarts and tells the test which process reached it. Then the action:
   stop  freeze the process (SIGSTOP) so that the test kills its node at exactly this moment;
-  hang  sleep forever in Python, as a rank stuck in I/O would (its watchdog thread keeps running).
+  hang  sleep forever in Python, as a rank stuck in I/O would (its watchdog thread keeps running);
+  fail  raise OSError, as a write to a full or vanished volume would.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ def parse(spec: str) -> tuple[Failpoint, ...]:
             where, who, action = item.split(":")
             name, step = where.split("@")
             selector, value = who.split("=")
-            if selector not in ("rank", "pod") or action not in ("stop", "hang"):
+            if selector not in ("rank", "pod") or action not in ("stop", "hang", "fail"):
                 raise ValueError
             points.append(Failpoint(name, int(step), selector, int(value), action))
         except ValueError:
             raise ValueError(f"LLMLAUNCH_FAILPOINTS: cannot read {item!r} "
-                             f"(expected name@step:rank=R:stop|hang or name@step:pod=P:stop|hang)") from None
+                             f"(expected name@step:rank=R:ACTION or name@step:pod=P:ACTION, ACTION stop, hang or fail)") from None
     return tuple(points)
 
 
@@ -79,6 +80,8 @@ def _claim(point: Failpoint) -> bool:
 
 
 def _act(action: str) -> None:
+    if action == "fail":
+        raise OSError(28, "No space left on device (failpoint)")
     if action == "stop":
         os.kill(os.getpid(), signal.SIGSTOP)
         return

@@ -48,11 +48,12 @@ class Trainer:
         self.model = build_model(cfg, self.ds_config)
         self.engine = make_engine(self.model, cfg, self.ds_config, self.total_steps)
         self.state = LoopState()
+        self.failed_saves = 0  # consecutive
         self.runlog = RunLog(self.out, self.topo, cfg, self.ds_config, self.model, self.total_steps,
                              attention_len=self.train_data.attention_length)
         if found is not None:
             self.state = LoopState(**resume.load(self.engine, found, cfg.run.micro_batch_size))
-            self.runlog.resumed(found.path, self.state.step)
+            self.runlog.resumed(found.path, self.state.step, getattr(self.engine, "skipped_steps", 0))
         self.watchdog = Watchdog(self.topo.rank, self.topo.node_rank, self.topo.world_size, cfg.run.hang_timeout_s)
         trainable, total = count_parameters(self.model)
         self.runlog.info(
@@ -182,9 +183,20 @@ class Trainer:
         return eval_loss
 
     def save(self) -> None:
-        seconds = checkpoint.save(
-            self.engine, self.ckpt_root, self.state.step, self.state.as_dict(),
-            keep_last=self.cfg.run.keep_last, protect=self.state.best_step, micro_batch_size=self.cfg.run.micro_batch_size,
-        )
-        self.runlog.checkpoint(self.state, seconds)
+        """A failed save costs only its interval: it is logged and counted (the checkpoint alerts fire),
+        and training goes on; run.max_failed_saves failures in a row fail the run (docs/resilience.md)."""
+        try:
+            seconds = checkpoint.save(
+                self.engine, self.ckpt_root, self.state.step, self.state.as_dict(), keep_last=self.cfg.run.keep_last,
+                protect=self.state.best_step, micro_batch_size=self.cfg.run.micro_batch_size,
+            )
+        except checkpoint.SaveFailed as e:
+            self.failed_saves += 1
+            self.runlog.checkpoint_failed(self.state, e.seconds, str(e), self.failed_saves, self.cfg.run.max_failed_saves)
+            if self.failed_saves >= self.cfg.run.max_failed_saves:
+                raise RuntimeError(f"{e}; {self.failed_saves} checkpoint saves failed in a row "
+                                   f"(train.run.max_failed_saves {self.cfg.run.max_failed_saves})") from e
+        else:
+            self.failed_saves = 0
+            self.runlog.checkpoint(self.state, seconds)
         self.watchdog.beat(self.state.step)

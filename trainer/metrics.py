@@ -169,9 +169,11 @@ class TrainMetrics:
         step_seconds: float,
         data_wait_seconds: float,
         loss_scale: float | None = None,
-        overflow: bool = False,
+        skipped_steps: int = 0,
     ) -> None:
-        """Once per optimizer step. tokens / samples: global counts of this step (all ranks)."""
+        """Once per logged interval (every step when log_every is 1). tokens / samples: global counts since
+        the last call; step_seconds: mean step time over them; skipped_steps: fp16 overflow steps among
+        them (a count, never a running total). Step durations go to observe_step_duration, every step."""
         if not self.serving:
             return
         self._set(self._step, step)
@@ -184,12 +186,11 @@ class TrainMetrics:
             self._set(self._grad_norm, grad_norm)
         if loss_scale is not None:
             self._set(self._loss_scale, loss_scale)
-        if overflow:
-            self._skipped.inc()
+        if skipped_steps > 0:
+            self._skipped.inc(skipped_steps)
         self._tokens.inc(tokens)
         self._samples.inc(samples)
         self._data_wait.inc(max(data_wait_seconds, 0.0))
-        self._step_time.observe(step_seconds)
         self._window.append((tokens, step_seconds))
         seconds = sum(s for _, s in self._window)
         if seconds > 0:
@@ -198,6 +199,11 @@ class TrainMetrics:
             if self._peak_flops:
                 mfu = tokens_per_s * self._flops_per_token / (self._peak_flops * self._world_size)
                 self._set(self._mfu, mfu)
+
+    def observe_step_duration(self, seconds: float) -> None:
+        """Every optimizer step: its host wall time (no device sync), into the step-duration histogram."""
+        if self.global_values:
+            self._step_time.observe(seconds)
 
     def _set(self, gauge: Gauge, value: float) -> None:
         child = self._children.get(gauge)

@@ -79,6 +79,7 @@ class RunLog:
         self._data_wait = 0.0
         self._step_time = 0.0
         self.fp16 = bool(ds_config.get("fp16", {}).get("enabled"))
+        self._skipped_seen = 0  # engine.skipped_steps (a running total) at the last log step
         if topo.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2, sort_keys=True) + "\n")
@@ -104,9 +105,11 @@ class RunLog:
         if self.topo.is_main:
             print(f"[llmlaunch] {message}", file=sys.stderr, flush=True)
 
-    def resumed(self, path: Path, step: int) -> None:
-        """Forget logged steps after the checkpoint: they will be trained (and logged) again."""
+    def resumed(self, path: Path, step: int, skipped_steps: int = 0) -> None:
+        """Forget logged steps after the checkpoint: they will be trained (and logged) again.
+        skipped_steps: the engine's restored running total, so only new overflows are counted."""
         self.info(f"resuming from {path} (step {step})")
+        self._skipped_seen = skipped_steps
         if self.topo.is_main and self.path.exists():
             keep = [line for line in self.path.read_text().splitlines() if _step_of(line) <= step]
             self.path.write_text("".join(line + "\n" for line in keep))
@@ -122,6 +125,7 @@ class RunLog:
         self._steps += 1
         self._data_wait += data_wait
         self._step_time += seconds
+        self.metrics.observe_step_duration(seconds)  # host time: no device sync on non-log steps
         bar.update(1)
         if not self._is_log_step(state.step) and state.step < self.total_steps:
             return
@@ -143,14 +147,16 @@ class RunLog:
         }
         if self.peak_total:
             record["mfu"] = round(tokens_per_s * self.flops_per_token / self.peak_total, 5)
-        loss_scale = None
+        loss_scale, skipped = None, 0
         if self.fp16:
             loss_scale = getattr(engine.optimizer, "cur_scale", None) or getattr(engine.optimizer, "loss_scale", None)
             record["loss_scale"], record["skipped_steps"] = loss_scale, engine.skipped_steps
+            # DeepSpeed keeps a running total; the counter wants the overflows since the last log step.
+            skipped, self._skipped_seen = max(engine.skipped_steps - self._skipped_seen, 0), engine.skipped_steps
         self.metrics.on_step(step=state.step, loss=loss_value, lr=lr, grad_norm=grad_norm, tokens=tokens_value,
                              samples=self.cfg.global_batch(self.world) * self._steps,
                              step_seconds=self._step_time / self._steps, data_wait_seconds=self._data_wait,
-                             loss_scale=loss_scale, overflow=bool(self.fp16 and engine.skipped_steps))
+                             loss_scale=loss_scale, skipped_steps=skipped)
         self.metrics.on_rank_step_times([t.item() for t in times], self._peak_memory())
         self.pending = record
         if self.topo.is_main:
@@ -187,6 +193,11 @@ class RunLog:
     def checkpoint(self, state: LoopState, seconds: float) -> None:
         self.metrics.on_checkpoint(seconds=seconds, ok=True)
         self.info(f"checkpoint step {state.step} written in {seconds:.1f}s")
+
+    def checkpoint_failed(self, state: LoopState, seconds: float, reason: str, in_a_row: int, limit: int) -> None:
+        self.metrics.on_checkpoint(seconds=seconds, ok=False)
+        then = "the run fails" if in_a_row >= limit else "training goes on (a restart now resumes from the last complete one)"
+        self.info(f"checkpoint step {state.step} FAILED ({in_a_row} in a row, at most {limit}): {reason}; {then}")
 
     def finished(self, state: LoopState) -> None:
         self.flush()
