@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from launcher import render
+from golden_cases import TEST_IMAGE
 from launcher.spec import load_job
 from trainer.config import ConfigError, TrainConfig
 from trainer.ds_config import build_ds_config
@@ -239,13 +240,15 @@ def test_rendering_is_deterministic_across_processes():
 
     root = Path(__file__).resolve().parent.parent
     outputs = {
-        subprocess.run([sys.executable, "-m", "launcher.cli", "render", str(EXAMPLES / "pretrain-multinode.yaml")],
+        subprocess.run([sys.executable, "-m", "launcher.cli", "render", str(EXAMPLES / "pretrain-multinode.yaml"),
+                        "--image", TEST_IMAGE],
                        capture_output=True, check=True, cwd=root,
                        env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}).stdout
         for seed in ("1", "2")
     }
     assert len(outputs) == 1
-    assert render.to_yaml_stream(render.render(spec_of(example=EXAMPLES / "pretrain-multinode.yaml"))).encode() in outputs
+    spec = spec_of(f"cluster.image={TEST_IMAGE}", example=EXAMPLES / "pretrain-multinode.yaml")
+    assert render.to_yaml_stream(render.render(spec)).encode() in outputs
 
 
 def test_network_policy_admits_only_the_jobs_pods_and_metrics_scrapers():
