@@ -46,7 +46,7 @@ KINDS = {k.kind: k for k in (
          "install the Kubeflow training operator (kubectl apply --server-side -k "
          "\"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.2\")"),
     Kind("TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs",
-         "install Kubeflow Trainer v2 and its torch-distributed runtime, or set cluster.api: pytorchjob"),
+         "install Kubeflow Trainer v2.3 and its torch-distributed runtime, or set cluster.api: pytorchjob"),
 )}
 JOB_KINDS = (KINDS["PyTorchJob"], KINDS["TrainJob"])
 

@@ -175,7 +175,8 @@ def documents(spec: JobSpec) -> list[str]:
     if c.api == "trainjob":
         docs.append(env.get_template("trainjob.yaml.j2").render(
             meta=job_meta, pod=pod, runtime=c.runtime, run_policy=c.run_policy, nodes=c.nodes,
-            nproc_per_node=c.procs_per_node, replicated_job=names.TRAINJOB_REPLICATED_JOB))
+            nproc_per_node=c.procs_per_node, replicated_job=names.TRAINJOB_REPLICATED_JOB,
+            patch_manager=names.TRAINJOB_PATCH_MANAGER))
     else:
         docs.append(env.get_template("pytorchjob.yaml.j2").render(
             meta=job_meta, pod=pod, nproc_per_node=str(c.procs_per_node), elastic=c.elastic,

@@ -26,7 +26,8 @@ ClusterSpec applies to a job file). Each message names the value to change.
 {{- fail (printf "storage.accessMode %s cannot be shared by %d pods on different nodes; use ReadWriteMany" $storage.accessMode $maxNodes) -}}
 {{- end -}}
 {{- if eq $v.api "trainjob" -}}
-{{- $unsupported := dict "scheduling.affinity" $v.scheduling.affinity "scheduling.priorityClass" $v.scheduling.priorityClass "scheduling.schedulerName" $v.scheduling.schedulerName "imagePullSecrets" $v.imagePullSecrets "elastic" $v.elastic "network.rdma" $v.network.rdma -}}
+{{- /* what a Trainer v2.3 runtime patch cannot reach (launcher/cluster_spec.py TRAINJOB_UNSUPPORTED) */ -}}
+{{- $unsupported := dict "scheduling.priorityClass" $v.scheduling.priorityClass "scheduling.schedulerName" $v.scheduling.schedulerName "elastic" $v.elastic -}}
 {{- range $key := keys $unsupported | sortAlpha -}}
 {{- if get $unsupported $key -}}
 {{- fail (printf "%s cannot be set with api trainjob (a TrainJob takes it from its ClusterTrainingRuntime %q); use api pytorchjob" $key $v.runtime) -}}
