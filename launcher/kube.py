@@ -161,6 +161,9 @@ class Cluster:
         # Background: the operator's pods and services go with the job, through their owner references.
         self.request("DELETE", kind.path(namespace, name), body={"propagationPolicy": "Background"})
 
+    def merge_patch(self, kind: Kind, namespace: str, name: str, patch: dict) -> dict:
+        return self.request("PATCH", kind.path(namespace, name), body=patch, content_type="application/merge-patch+json")
+
     def patch_status(self, kind: Kind, namespace: str, name: str, status: dict) -> dict:
         """Write a job's status subresource (what the operator does; the tests use it in its place)."""
         return self.request("PATCH", kind.path(namespace, name) + "/status", body={"status": status},

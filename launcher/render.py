@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from launcher import names, pod_values
+from launcher import names, ownership, pod_values
 from launcher.spec import JobSpec
 from trainer.config import ConfigError
 from trainer.ds_config import build_ds_config, resolve_precision
@@ -142,10 +142,11 @@ def check_image(spec: JobSpec) -> None:
         raise ConfigError([IMAGE_MISSING])
 
 
-def _meta(spec: JobSpec, name: str, component: str, extra_labels: dict | None = None) -> dict[str, Any]:
+def _meta(spec: JobSpec, name: str, component: str, extra_labels: dict | None = None,
+          extra_annotations: dict | None = None) -> dict[str, Any]:
     return {"name": name, "namespace": spec.cluster.namespace,
             "labels": {**names.common_labels(spec, component), **(extra_labels or {})},
-            "annotations": dict(spec.cluster.annotations)}
+            "annotations": {**spec.cluster.annotations, **(extra_annotations or {})}}
 
 
 def documents(spec: JobSpec) -> list[str]:
@@ -158,7 +159,9 @@ def documents(spec: JobSpec) -> list[str]:
                                                          files=config_files(spec))]
     if c.storage.size:
         docs.append(env.get_template("pvc.yaml.j2").render(
-            meta=_meta(spec, names.data_claim(name), "storage"), size=c.storage.size,
+            meta=_meta(spec, names.data_claim(name), "storage",
+                       extra_annotations={ownership.KEEP_ANNOTATION: ownership.KEEP_VALUE} if c.storage.keep else None),
+            size=c.storage.size,
             storage_class=c.storage.storage_class, access_mode=c.storage.access_mode))
     if c.network.policy:
         docs.append(env.get_template("networkpolicy.yaml.j2").render(

@@ -14,7 +14,7 @@ TEST_IMAGE = "registry.example.com/ml/llmlaunch-trainer:0.1.0"
 
 VARIANTS = {  # name -> (example, overrides)
     "tiny-4nodes": ("tiny", ["cluster.nodes=4"]),
-    "tiny-trainjob": ("tiny", ["cluster.api=trainjob", "cluster.nodes=2", "cluster.storage.size=10Gi"]),
+    "tiny-trainjob": ("tiny", ["cluster.api=trainjob", "cluster.nodes=2", "cluster.storage.size=10Gi", "cluster.storage.keep=true"]),
     "tiny-elastic": ("tiny", ["cluster.nodes=2", "cluster.elastic={min_nodes: 1, max_nodes: 3}"]),
     # every pod setting a Trainer v2.3 runtime patch carries (tests/test_trainjob.py compares it with a PyTorchJob's)
     "tiny-trainjob-full": ("tiny", [

@@ -72,6 +72,7 @@ def test_numbers_from_yaml_become_kubernetes_strings():
         (["cluster.api=trainjob", "cluster.image_pull_policy=Never"], "cluster.image_pull_policy cannot be set with cluster.api trainjob"),
         (["cluster.api=trainjob", "cluster.run_policy.backoff_limit=9"],
          "cluster.run_policy.backoff_limit cannot be set with cluster.api trainjob"),
+        (["cluster.storage.claim=shared", "cluster.storage.keep=true"], "cluster.storage.keep only applies to a created PVC"),
         (["cluster.gpu=8"], "cluster.gpu: unknown key"),
         (["cluster.run_policy.clean_pod_policy=Some"], "cluster.run_policy.clean_pod_policy: Input should be"),
     ],

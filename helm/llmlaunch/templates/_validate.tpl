@@ -15,6 +15,9 @@ ClusterSpec applies to a job file). Each message names the value to change.
 {{- if and $storage.storageClass (not $storage.size) -}}
 {{- fail "storage.storageClass only applies to a created PVC (set storage.size)" -}}
 {{- end -}}
+{{- if and $storage.keep (not $storage.size) -}}
+{{- fail "storage.keep only applies to a created PVC (set storage.size); an existing claim is never deleted" -}}
+{{- end -}}
 {{- $maxNodes := int $v.nodes -}}
 {{- with $v.elastic -}}
 {{- $maxNodes = int .maxNodes -}}
