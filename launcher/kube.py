@@ -199,4 +199,5 @@ def _api_error(status: int, data: bytes) -> KubeError:
     reason = body.get("reason") or {401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}.get(status, "Error")
     message = body.get("message") or (data.decode(errors="replace").strip()[:200] if data else "") or reason
     details_kind = (body.get("details") or {}).get("kind", "")
-    return KubeError(f"{message} ({reason}, HTTP {status})", status=status, reason=reason, details_kind=details_kind)
+    hint = "; the llmlaunch-user Role grants what the CLI needs (docs/cluster.md#least-privilege)" if status == 403 else ""
+    return KubeError(f"{message} ({reason}, HTTP {status}){hint}", status=status, reason=reason, details_kind=details_kind)
