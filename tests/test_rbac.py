@@ -3,8 +3,8 @@
 alice is bound only to helm/llmlaunch/rbac/role.yaml (the Role docs/cluster.md gives), applied with the real
 kubectl: submit (with its owner patches), status, list, delete work; `list -A` is refused until the
 ClusterRole of rbac/clusterrole.yaml is bound too. nobody, bound to nothing, gets one line per command that
-names the verb and the resource, and exit 1. (`logs` as alice, on a pod that really runs, is in
-tests/test_status_node.py: it needs the node.)
+names the verb and the resource, and exit 1. `logs` as alice is not run here: a pod whose log can be read
+needs the real node (tests/fixtures/node.py); the Role's pods list + pods/log rules are not exercised yet.
 """
 
 from __future__ import annotations
