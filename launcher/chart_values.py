@@ -9,14 +9,14 @@ never used to validate a job (JobSpec does that); it describes what `llmlaunch v
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 from pydantic.alias_generators import to_camel
 
 from launcher.cluster_sections import Monitoring, Section
 from launcher.cluster_spec import ClusterSpec
-from launcher.k8s_types import Annotations, ExtraLabelKey, ExtraLabels
+from launcher.k8s_types import Annotations, DnsLabel, ExtraLabelKey, ExtraLabels
 
 # The namespace is the release's (helm install -n), as Helm charts do; everything else carries over.
 NOT_VALUES = {"namespace"}
@@ -55,6 +55,22 @@ class DashboardValues(Section):
     )
 
 
+class RbacSubject(Section):
+    kind: Literal["User", "Group", "ServiceAccount"] = Field(..., description="Who gets the Role.")
+    name: str = Field(..., min_length=1, description="User, group or service account name.")
+    namespace: DnsLabel | None = Field(None, description="ServiceAccount only: its namespace (default: the release's).")
+
+
+class RbacValues(Section):
+    """The Role a user of the llmlaunch CLI needs in the release's namespace (rbac/role.yaml of the chart),
+    and what `llmlaunch list -A` adds cluster-wide (rbac/clusterrole.yaml). Off by default: installing
+    RBAC needs more rights than running a job."""
+
+    create: bool = Field(False, description="Create the Role (and a RoleBinding to subjects).")
+    subjects: list[RbacSubject] = Field(default_factory=list, description="Users, groups or service accounts bound to it.")
+    all_namespaces: bool = Field(False, description="Also a ClusterRole (+ binding) to list jobs in every namespace.")
+
+
 class ChartMonitoring(Monitoring):
     """Prometheus scraping of the metrics port, alert rules and the Grafana dashboard."""
 
@@ -76,6 +92,7 @@ def _build_model() -> type[BaseModel]:
             fields[key] = (info.annotation, info)
     fields["monitoring"] = (ChartMonitoring, Field(default_factory=ChartMonitoring))
     fields["config"] = (ConfigFiles, Field(...))
+    fields["rbac"] = (RbacValues, Field(default_factory=RbacValues))
     return create_model("ChartValues", __base__=Section, __doc__="Values of the llmlaunch chart.", **fields)
 
 

@@ -70,6 +70,10 @@ class Storage(Section):
     access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"] = Field(
         "ReadWriteMany", description="Several nodes write checkpoints at once, so multi-node jobs need ReadWriteMany."
     )
+    keep: bool = Field(
+        False, description="Keep the created PVC when the job goes (not owned by the job; helm.sh/resource-policy: "
+        "keep). By default it is deleted with the job, by llmlaunch delete, kubectl delete or the job's TTL."
+    )
     mount_path: str = Field(
         "/workspace",
         description="Where the volume is mounted; also the container's working directory, so relative "
@@ -82,6 +86,9 @@ class Storage(Section):
             raise ValueError("set cluster.storage.claim (existing PVC) or cluster.storage.size (new PVC), not both")
         if self.storage_class and not self.size:
             raise ValueError("cluster.storage.storage_class only applies to a created PVC (set cluster.storage.size)")
+        if self.keep and not self.size:
+            raise ValueError("cluster.storage.keep only applies to a created PVC (set cluster.storage.size); "
+                             "an existing claim is never deleted")
         return self
 
     @field_validator("mount_path")

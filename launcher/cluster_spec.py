@@ -18,11 +18,12 @@ SECRET_LIKE = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CRE
 # Set by llmlaunch or the training operator; a user value would silently break the topology.
 RESERVED_ENV = re.compile(r"^(PET_.*|MASTER_ADDR|MASTER_PORT|WORLD_SIZE|RANK|LOCAL_RANK|HOME|LLMLAUNCH_.*)$")
 
-TRAINJOB_UNSUPPORTED = {  # fields a TrainJob (v1alpha1) cannot carry: they belong to the ClusterTrainingRuntime
-    "scheduling.affinity", "scheduling.priority_class", "scheduling.scheduler_name", "image_pull_secrets",
-    "elastic", "network.rdma", "security", "run_policy.restart_policy", "run_policy.backoff_limit",
-    "run_policy.clean_pod_policy", "run_policy.ttl_seconds_after_finished", "run_policy.active_deadline_seconds",
-    "termination_grace_period_seconds",
+# Fields a Trainer v2.3 TrainJob cannot carry: its runtimePatches reach no priorityClassName, schedulerName or
+# imagePullPolicy, and restarts, cleanup and TTL belong to the ClusterTrainingRuntime's JobSet.
+TRAINJOB_UNSUPPORTED = {
+    "scheduling.priority_class", "scheduling.scheduler_name", "image_pull_policy", "elastic",
+    "run_policy.restart_policy", "run_policy.backoff_limit", "run_policy.clean_pod_policy",
+    "run_policy.ttl_seconds_after_finished",
 }
 
 
@@ -41,7 +42,7 @@ class ClusterSpec(Section):
     image_pull_secrets: list[DnsName] = Field(default_factory=list, description="Secrets for a private registry.")
     namespace: DnsLabel = Field("default", description="Namespace of every object.")
     api: Literal["pytorchjob", "trainjob"] = Field(
-        "pytorchjob", description="pytorchjob: Kubeflow training operator v1; trainjob: Kubeflow Trainer v2."
+        "pytorchjob", description="pytorchjob: Kubeflow training operator v1; trainjob: Kubeflow Trainer v2.3."
     )
     runtime: DnsName = Field(
         "torch-distributed", description="api trainjob: the ClusterTrainingRuntime the TrainJob refers to."

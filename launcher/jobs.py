@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from launcher import job_status, names
+from launcher import job_status, names, ownership
 from launcher.kube import JOB_KINDS, KINDS, Cluster, Kind, KubeError
 
 Echo = Callable[[str], None]
@@ -50,24 +50,41 @@ def check_claim(cluster: Cluster, namespace: str, claim: str, pods: int) -> None
 
 
 def submit(cluster: Cluster, objects: list[dict[str, Any]], dry_run: bool, echo: Echo) -> None:
-    """Create the objects in order; if one fails, delete the ones already created, then raise."""
+    """Create the objects in order (the job last, so its pods never wait for their ConfigMap or claim), then
+    make the job the owner of the others; if any step fails, delete what was created, then raise."""
     check_installed(cluster, objects)
     job = objects[-1]["metadata"]["name"]
     created: list[dict[str, Any]] = []
+    stored: dict[str, Any] = {}
     for obj in objects:
         try:
-            cluster.create(obj, dry_run=dry_run)
+            stored = cluster.create(obj, dry_run=dry_run)
         except KubeError as e:
-            message = _create_error(obj, job, e)
-            undone, left = rollback(cluster, created)
-            if undone:
-                message += f" (removed what this submit created: {', '.join(undone)})"
-            if left:
-                message += f" (could not remove {', '.join(left)}: delete them by hand)"
-            raise KubeError(message, e.status, e.reason) from e
+            _fail(cluster, created, _create_error(obj, job, e), e)
         if not dry_run:
             created.append(obj)
         echo(f"{ref(obj)} created" + (" (server dry run)" if dry_run else ""))
+    if dry_run:
+        return
+    owned = [o for o in created[:-1] if ownership.should_own(o)]
+    for obj in owned:
+        try:
+            cluster.merge_patch(KINDS[obj["kind"]], obj["metadata"]["namespace"], obj["metadata"]["name"],
+                                ownership.owner_patch(stored))
+        except KubeError as e:
+            what = f"{obj['kind'].lower()} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+            _fail(cluster, created, f"cannot make {ref(objects[-1])} the owner of {what}: {e}", e)
+    if owned:
+        echo(f"owned by {ref(objects[-1])} (deleted with it): {', '.join(ref(o) for o in owned)}")
+
+
+def _fail(cluster: Cluster, created: list[dict[str, Any]], message: str, e: KubeError):
+    undone, left = rollback(cluster, created)
+    if undone:
+        message += f" (removed what this submit created: {', '.join(undone)})"
+    if left:
+        message += f" (could not remove {', '.join(left)}: delete them by hand)"
+    raise KubeError(message, e.status, e.reason) from e
 
 
 def rollback(cluster: Cluster, created: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
@@ -139,6 +156,9 @@ def delete_job(cluster: Cluster, namespace: str, name: str, keep_data: bool, ech
             release = (meta.get("annotations") or {}).get(names.HELM_RELEASE_ANNOTATION, name)
             raise KubeError(f"job {name} in namespace {namespace} was installed with Helm (release {release}): "
                             f"remove it with helm uninstall {release} -n {namespace}")
+    for kind, obj in [(k, o) for k, o in found if ownership.kept(o)]:
+        echo(f"{kind.kind.lower()}/{obj['metadata']['name']} kept (cluster.storage.keep)")
+    found = [(k, o) for k, o in found if not ownership.kept(o)]
     for kind, obj in found:
         try:
             cluster.delete(kind, namespace, obj["metadata"]["name"])

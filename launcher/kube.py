@@ -46,7 +46,7 @@ KINDS = {k.kind: k for k in (
          "install the Kubeflow training operator (kubectl apply --server-side -k "
          "\"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.2\")"),
     Kind("TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs",
-         "install Kubeflow Trainer v2 and its torch-distributed runtime, or set cluster.api: pytorchjob"),
+         "install Kubeflow Trainer v2.3 and its torch-distributed runtime, or set cluster.api: pytorchjob"),
 )}
 JOB_KINDS = (KINDS["PyTorchJob"], KINDS["TrainJob"])
 
@@ -161,6 +161,9 @@ class Cluster:
         # Background: the operator's pods and services go with the job, through their owner references.
         self.request("DELETE", kind.path(namespace, name), body={"propagationPolicy": "Background"})
 
+    def merge_patch(self, kind: Kind, namespace: str, name: str, patch: dict) -> dict:
+        return self.request("PATCH", kind.path(namespace, name), body=patch, content_type="application/merge-patch+json")
+
     def patch_status(self, kind: Kind, namespace: str, name: str, status: dict) -> dict:
         """Write a job's status subresource (what the operator does; the tests use it in its place)."""
         return self.request("PATCH", kind.path(namespace, name) + "/status", body={"status": status},
@@ -196,4 +199,5 @@ def _api_error(status: int, data: bytes) -> KubeError:
     reason = body.get("reason") or {401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}.get(status, "Error")
     message = body.get("message") or (data.decode(errors="replace").strip()[:200] if data else "") or reason
     details_kind = (body.get("details") or {}).get("kind", "")
-    return KubeError(f"{message} ({reason}, HTTP {status})", status=status, reason=reason, details_kind=details_kind)
+    hint = "; the llmlaunch-user Role grants what the CLI needs (docs/cluster.md#least-privilege)" if status == 403 else ""
+    return KubeError(f"{message} ({reason}, HTTP {status}){hint}", status=status, reason=reason, details_kind=details_kind)

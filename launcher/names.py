@@ -26,6 +26,9 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 TRAINJOB_REPLICATED_JOB = "node"  # the replicatedJob (and container) name of the torch-distributed runtime
+# Owner of llmlaunch's entry in a TrainJob's spec.runtimePatches (a domain-prefixed path, as Trainer requires;
+# Kueue writes its own entry beside it).
+TRAINJOB_PATCH_MANAGER = "llmlaunch.dev/launcher"
 
 
 def config_map(job: str) -> str:

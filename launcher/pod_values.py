@@ -22,6 +22,10 @@ CONFIG_DIR = TRAIN_CONFIG_IN_POD.rsplit("/", 1)[0]
 PYTORCHJOB_PORT = 23456  # the operator's default rendezvous port (container port "pytorchjob-port")
 TRAINJOB_PORT = 29400  # PET_MASTER_PORT of the torch-distributed runtime
 SCRATCH = "/tmp"  # writable emptyDir; also HOME, since the image's filesystem is read-only
+# Where the ServiceAccount admission plugin mounts the API token. A TrainJob's runtime patch cannot set
+# automountServiceAccountToken; a container that already has a mount here gets no token (the plugin skips it,
+# and adds no token volume when no container needs one), so an empty read-only volume takes its place.
+SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def container_name(spec: JobSpec) -> str:
@@ -101,6 +105,8 @@ def volumes(spec: JobSpec) -> list[dict[str, Any]]:
     if c.storage.enabled:
         claim = c.storage.claim or names.data_claim(spec.name)
         out.append({"name": "data", "claim": claim, "path": c.storage.mount_path, "read_only": False})
+    if c.api == "trainjob":
+        out.append({"name": "no-sa-token", "empty_dir": {}, "path": SA_TOKEN_DIR, "read_only": True})
     return out
 
 

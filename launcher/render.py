@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from launcher import names, pod_values, rules
+from launcher import names, ownership, pod_values, rules
 from launcher.spec import JobSpec
 from trainer.ds_config import build_ds_config, resolve_precision
 
@@ -133,10 +133,11 @@ def config_files(spec: JobSpec) -> dict[str, str]:
     return {"train.yaml": train.to_yaml(), "ds_config.json": json.dumps(ds, indent=2, sort_keys=True) + "\n"}
 
 
-def _meta(spec: JobSpec, name: str, component: str, extra_labels: dict | None = None) -> dict[str, Any]:
+def _meta(spec: JobSpec, name: str, component: str, extra_labels: dict | None = None,
+          extra_annotations: dict | None = None) -> dict[str, Any]:
     return {"name": name, "namespace": spec.cluster.namespace,
             "labels": {**names.common_labels(spec, component), **(extra_labels or {})},
-            "annotations": dict(spec.cluster.annotations)}
+            "annotations": {**spec.cluster.annotations, **(extra_annotations or {})}}
 
 
 def documents(spec: JobSpec) -> list[str]:
@@ -147,7 +148,9 @@ def documents(spec: JobSpec) -> list[str]:
                                                          files=config_files(spec))]
     if c.storage.size:
         docs.append(env.get_template("pvc.yaml.j2").render(
-            meta=_meta(spec, names.data_claim(name), "storage"), size=c.storage.size,
+            meta=_meta(spec, names.data_claim(name), "storage",
+                       extra_annotations={ownership.KEEP_ANNOTATION: ownership.KEEP_VALUE} if c.storage.keep else None),
+            size=c.storage.size,
             storage_class=c.storage.storage_class, access_mode=c.storage.access_mode))
     if c.network.policy:
         docs.append(env.get_template("networkpolicy.yaml.j2").render(
@@ -164,7 +167,8 @@ def documents(spec: JobSpec) -> list[str]:
     if c.api == "trainjob":
         docs.append(env.get_template("trainjob.yaml.j2").render(
             meta=job_meta, pod=pod, runtime=c.runtime, run_policy=c.run_policy, nodes=c.nodes,
-            nproc_per_node=c.procs_per_node, replicated_job=names.TRAINJOB_REPLICATED_JOB))
+            nproc_per_node=c.procs_per_node, replicated_job=names.TRAINJOB_REPLICATED_JOB,
+            patch_manager=names.TRAINJOB_PATCH_MANAGER))
     else:
         docs.append(env.get_template("pytorchjob.yaml.j2").render(
             meta=job_meta, pod=pod, nproc_per_node=str(c.procs_per_node), elastic=c.elastic,

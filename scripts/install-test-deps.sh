@@ -69,6 +69,11 @@ if ! .venv/bin/python -c "import kubernetes_validate" 2>/dev/null; then
   echo "==> kubernetes-validate into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check "kubernetes-validate>=1.34"
 fi
+# CEL (the TrainJob CRD's x-kubernetes-validations, which kube-apiserver 1.20 ignores): cel-python.
+if ! .venv/bin/python -c "import celpy" 2>/dev/null; then
+  echo "==> cel-python into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check "cel-python==0.5.0"
+fi
 CHECKOV_VENV=$PWD/.tools/checkov-venv
 if [ ! -x "$CHECKOV_VENV/bin/checkov" ]; then
   echo "==> checkov into .tools/checkov-venv (a minute, once)"

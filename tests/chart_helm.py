@@ -89,5 +89,8 @@ def canonical(objects: list[dict]) -> list[dict]:
         _as_render_labels(obj["metadata"].get("labels", {}))
         for replica in (obj.get("spec", {}).get("pytorchReplicaSpecs") or {}).values():
             _as_render_labels(replica["template"]["metadata"]["labels"])
+        for patch in obj.get("spec", {}).get("runtimePatches") or []:  # a TrainJob's pod labels
+            for job in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
+                _as_render_labels(job["template"]["spec"]["template"]["metadata"]["labels"])
         out.append(obj)
     return sorted(out, key=lambda o: (o["apiVersion"], o["kind"], o["metadata"]["name"]))

@@ -14,8 +14,20 @@ TEST_IMAGE = "registry.example.com/ml/llmlaunch-trainer:0.1.0"
 
 VARIANTS = {  # name -> (example, overrides)
     "tiny-4nodes": ("tiny", ["cluster.nodes=4"]),
-    "tiny-trainjob": ("tiny", ["cluster.api=trainjob", "cluster.nodes=2", "cluster.storage.size=10Gi"]),
+    "tiny-trainjob": ("tiny", ["cluster.api=trainjob", "cluster.nodes=2", "cluster.storage.size=10Gi", "cluster.storage.keep=true"]),
     "tiny-elastic": ("tiny", ["cluster.nodes=2", "cluster.elastic={min_nodes: 1, max_nodes: 3}"]),
+    # every pod setting a Trainer v2.3 runtime patch carries (tests/test_trainjob.py compares it with a PyTorchJob's)
+    "tiny-trainjob-full": ("tiny", [
+        "cluster.api=trainjob", "cluster.nodes=2", "cluster.gpus_per_node=2", "cluster.storage.claim=shared",
+        "cluster.service_account=trainer", "cluster.image_pull_secrets=[regcred]", "cluster.env.FOO=bar",
+        "cluster.secrets=[{env: HF_TOKEN, secret: hf, key: token}]", "cluster.network.nccl.NCCL_DEBUG=WARN",
+        "cluster.network.rdma={count: 1}", "cluster.security.add_capabilities=[SYS_PTRACE]",
+        "cluster.scheduling.node_selector.pool=gpu", "cluster.scheduling.tolerations=[{key: gpu, operator: Exists}]",
+        "cluster.scheduling.affinity={nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: "
+        "{nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [a]}]}]}}}",
+        "cluster.termination_grace_period_seconds=300", "cluster.run_policy.active_deadline_seconds=86400",
+        "cluster.annotations={example.com/team: ml}", "cluster.labels={team: ml}", "cluster.scheduling.queue=team-a",
+    ]),
 }
 
 

@@ -137,6 +137,7 @@ def test_alert_rules_and_dashboard_are_monitorings_files():
     (["-f", ci_values("existing-pvc"), "--set", "storage.accessMode=ReadWriteOnce"],
      "storage.accessMode ReadWriteOnce cannot be shared by 2 pods on different nodes"),
     (["--set", "storage.claim=data,storage.size=1Gi"], "storage: set storage.claim (an existing PVC) or storage.size"),
+    (["-f", ci_values("existing-pvc"), "--set", "storage.keep=true"], "storage.keep only applies to a created PVC"),
     (["-f", ci_values("trainjob"), "--set", "scheduling.priorityClass=high"],
      "scheduling.priorityClass cannot be set with api trainjob"),
     (["--set", "name=Job_1"], "- at '/name': 'Job_1' does not match pattern"),

@@ -82,7 +82,7 @@ def test_values_are_the_cluster_section_in_camel_case():
     values = chart_values(spec)
     assert values["gpusPerNode"] == 8 and values["resources"]["shmSize"] == "64Gi"
     assert values["storage"] == {"claim": None, "size": "2Ti", "storageClass": "shared-rwx",
-                                 "accessMode": "ReadWriteMany", "mountPath": "/workspace"}
+                                 "keep": False, "accessMode": "ReadWriteMany", "mountPath": "/workspace"}
     assert values["scheduling"]["tolerations"][0]["tolerationSeconds"] is None
     # User maps keep their keys: labels, NCCL variables, a Kubernetes affinity.
     assert values["network"]["nccl"]["NCCL_IB_HCA"] == "mlx5"

@@ -69,7 +69,10 @@ def test_numbers_from_yaml_become_kubernetes_strings():
         (["cluster.api=trainjob", "cluster.scheduling.priority_class=high"],
          "cluster.scheduling.priority_class cannot be set with cluster.api trainjob"),
         (["cluster.api=trainjob", "cluster.elastic={min_nodes: 1, max_nodes: 2}"], "cluster.elastic cannot be set with cluster.api trainjob"),
-        (["cluster.api=trainjob", "cluster.security.run_as_user=20000"], "cluster.security cannot be set with cluster.api trainjob"),
+        (["cluster.api=trainjob", "cluster.image_pull_policy=Never"], "cluster.image_pull_policy cannot be set with cluster.api trainjob"),
+        (["cluster.api=trainjob", "cluster.run_policy.backoff_limit=9"],
+         "cluster.run_policy.backoff_limit cannot be set with cluster.api trainjob"),
+        (["cluster.storage.claim=shared", "cluster.storage.keep=true"], "cluster.storage.keep only applies to a created PVC"),
         (["cluster.gpu=8"], "cluster.gpu: unknown key"),
         (["cluster.run_policy.clean_pod_policy=Some"], "cluster.run_policy.clean_pod_policy: Input should be"),
     ],
@@ -83,7 +86,12 @@ def test_bad_cluster_values_name_the_key(overrides, expected):
 def test_trainjob_accepts_what_a_trainjob_can_carry():
     spec = load_job(TINY, ["cluster.api=trainjob", "cluster.nodes=2", "cluster.storage.size=1Ti",
                            "cluster.scheduling.node_selector.pool=gpu", "cluster.env.FOO=bar",
-                           "cluster.secrets=[{env: HF_TOKEN, secret: hf, key: token}]"], resolve_paths=False)
+                           "cluster.secrets=[{env: HF_TOKEN, secret: hf, key: token}]",
+                           # Trainer v2.3's runtimePatches carry these (v2.0's podSpecOverrides did not)
+                           "cluster.security.run_as_user=20000", "cluster.image_pull_secrets=[regcred]",
+                           "cluster.scheduling.affinity={nodeAffinity: {}}", "cluster.network.rdma={count: 1}",
+                           "cluster.termination_grace_period_seconds=300",
+                           "cluster.run_policy.active_deadline_seconds=3600"], resolve_paths=False)
     assert spec.cluster.api == "trainjob"
 
 

@@ -213,9 +213,14 @@ def test_trainjob_uses_the_torch_distributed_runtime_and_the_same_configmap():
     assert "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)" in trainer["command"]
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 4
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token", "optional": False}}} in trainer["env"]
-    override = tj["spec"]["podSpecOverrides"][0]
-    assert override["targetJobs"] == [{"name": "node"}] and override["containers"][0]["name"] == "node"
-    assert {v["name"] for v in override["volumes"]} == {"config", "scratch", "shm", "data"}
+    assert "podSpecOverrides" not in tj["spec"]  # Trainer v2.0's field; v2.2+ prune it
+    [patch] = tj["spec"]["runtimePatches"]
+    assert patch["manager"] == "llmlaunch.dev/launcher"
+    [job] = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = job["template"]["spec"]["template"]
+    assert job["name"] == "node" and pod["spec"]["containers"][0]["name"] == "node"
+    assert {v["name"] for v in pod["spec"]["volumes"]} == {"config", "scratch", "shm", "data", "no-sa-token"}
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"
     pm = objs["PodMonitor"]["spec"]
     assert pm["selector"]["matchLabels"] == {"jobset.sigs.k8s.io/jobset-name": "tiny"}
     assert pm["podMetricsEndpoints"][0]["portNumber"] == 9400

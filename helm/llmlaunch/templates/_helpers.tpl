@@ -217,5 +217,9 @@ annotations:
 {{- $claim := $v.storage.claim | default (printf "%s-data" $name) -}}
 {{- $out = append $out (dict "name" "data" "source" (dict "persistentVolumeClaim" (dict "claimName" $claim)) "path" $v.storage.mountPath) -}}
 {{- end -}}
+{{- if eq $v.api "trainjob" -}}
+{{- /* A runtime patch cannot set automountServiceAccountToken: a mount at the token's path keeps it out (pod_values.SA_TOKEN_DIR). */ -}}
+{{- $out = append $out (dict "name" "no-sa-token" "source" (dict "emptyDir" dict) "path" "/var/run/secrets/kubernetes.io/serviceaccount" "readOnly" true) -}}
+{{- end -}}
 {{- toJson $out -}}
 {{- end -}}

@@ -6,23 +6,11 @@ filesystem, the config mounted read-only, /tmp and /dev/shm as emptyDirs, the da
 {{- define "llmlaunch.podTemplate" -}}
 {{- $v := .Values -}}
 {{- $metrics := include "llmlaunch.metrics" . | fromJson -}}
-{{- $annotations := include "llmlaunch.strings" ($v.annotations | default dict) | fromJson -}}
-{{- if $metrics.enabled -}}
-{{- $_ := set $annotations "prometheus.io/scrape" "true" -}}
-{{- $_ = set $annotations "prometheus.io/port" (toString $metrics.port) -}}
-{{- $_ = set $annotations "prometheus.io/path" "/metrics" -}}
-{{- end -}}
 {{- $sched := $v.scheduling -}}
-{{- $sec := $v.security -}}
 {{- $volumes := include "llmlaunch.volumes" . | fromJsonArray -}}
 {{- $storage := include "llmlaunch.storageEnabled" . -}}
 metadata:
-  labels:
-    {{- include "llmlaunch.labels" (dict "root" . "component" "trainer") | fromJson | include "llmlaunch.mapping" | nindent 4 }}
-  {{- if $annotations }}
-  annotations:
-    {{- include "llmlaunch.mapping" $annotations | nindent 4 }}
-  {{- end }}
+  {{- include "llmlaunch.podMetadata" . | nindent 2 }}
 spec:
   {{- with $v.serviceAccount }}
   serviceAccountName: {{ quote . }}
@@ -36,34 +24,9 @@ spec:
   {{- with $sched.schedulerName }}
   schedulerName: {{ quote . }}
   {{- end }}
-  {{- with $sched.nodeSelector }}
-  nodeSelector:
-    {{- include "llmlaunch.strings" . | fromJson | include "llmlaunch.mapping" | nindent 4 }}
-  {{- end }}
-  {{- with $sched.tolerations }}
-  tolerations:
-    {{- range include "llmlaunch.tolerations" . | fromJsonArray }}
-    - {{ include "llmlaunch.flow" . }}
-    {{- end }}
-  {{- end }}
-  {{- with $sched.affinity }}
-  affinity: {{ include "llmlaunch.flow" . }}
-  {{- end }}
-  {{- with $v.imagePullSecrets }}
-  imagePullSecrets:
-    {{- range . }}
-    - name: {{ quote . }}
-    {{- end }}
-  {{- end }}
+  {{- include "llmlaunch.podPlacement" . | nindent 2 }}
   securityContext:
-    runAsNonRoot: true
-    runAsUser: {{ int $sec.runAsUser }}
-    runAsGroup: {{ int $sec.runAsGroup }}
-    {{- with $sec.fsGroup }}
-    fsGroup: {{ int . }}
-    {{- end }}
-    seccompProfile:
-      type: RuntimeDefault
+    {{- include "llmlaunch.podSecurity" . | nindent 4 }}
   containers:
     - name: {{ include "llmlaunch.containerName" . | quote }}
       image: {{ quote $v.image }}
@@ -93,19 +56,76 @@ spec:
       resources:
         {{- include "llmlaunch.resourceParts" . | trim | nindent 8 }}
       securityContext:
-        allowPrivilegeEscalation: false
-        privileged: false
-        runAsNonRoot: true
-        readOnlyRootFilesystem: {{ $sec.readOnlyRootFilesystem | toJson }}
-        capabilities:
-          drop: ["ALL"]
-          {{- with include "llmlaunch.capabilities" . | fromJsonArray }}
-          add: {{ include "llmlaunch.flow" . }}
-          {{- end }}
+        {{- include "llmlaunch.containerSecurity" . | nindent 8 }}
       volumeMounts:
         {{- include "llmlaunch.volumeMounts" $volumes | trim | nindent 8 }}
   volumes:
     {{- include "llmlaunch.volumeSources" $volumes | trim | nindent 4 }}
+{{- end -}}
+
+{{/* The parts a PyTorchJob's pod template and a TrainJob's runtime patch share (k8s/_macros.yaml.j2). */}}
+{{- define "llmlaunch.podMetadata" -}}
+{{- $metrics := include "llmlaunch.metrics" . | fromJson -}}
+{{- $annotations := include "llmlaunch.strings" (.Values.annotations | default dict) | fromJson -}}
+{{- if $metrics.enabled -}}
+{{- $_ := set $annotations "prometheus.io/scrape" "true" -}}
+{{- $_ = set $annotations "prometheus.io/port" (toString $metrics.port) -}}
+{{- $_ = set $annotations "prometheus.io/path" "/metrics" -}}
+{{- end -}}
+labels:
+  {{- include "llmlaunch.labels" (dict "root" . "component" "trainer") | fromJson | include "llmlaunch.mapping" | nindent 2 }}
+{{- if $annotations }}
+annotations:
+  {{- include "llmlaunch.mapping" $annotations | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* nodeSelector, tolerations, affinity, imagePullSecrets: each only when set. */}}
+{{- define "llmlaunch.podPlacement" -}}
+{{- $sched := .Values.scheduling -}}
+{{- with $sched.nodeSelector }}
+nodeSelector:
+  {{- include "llmlaunch.strings" . | fromJson | include "llmlaunch.mapping" | nindent 2 }}
+{{- end }}
+{{- with $sched.tolerations }}
+tolerations:
+  {{- range include "llmlaunch.tolerations" . | fromJsonArray }}
+  - {{ include "llmlaunch.flow" . }}
+  {{- end }}
+{{- end }}
+{{- with $sched.affinity }}
+affinity: {{ include "llmlaunch.flow" . }}
+{{- end }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ quote . }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "llmlaunch.podSecurity" -}}
+{{- $sec := .Values.security -}}
+runAsNonRoot: true
+runAsUser: {{ int $sec.runAsUser }}
+runAsGroup: {{ int $sec.runAsGroup }}
+{{- with $sec.fsGroup }}
+fsGroup: {{ int . }}
+{{- end }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "llmlaunch.containerSecurity" -}}
+allowPrivilegeEscalation: false
+privileged: false
+runAsNonRoot: true
+readOnlyRootFilesystem: {{ .Values.security.readOnlyRootFilesystem | toJson }}
+capabilities:
+  drop: ["ALL"]
+  {{- with include "llmlaunch.capabilities" . | fromJsonArray }}
+  add: {{ include "llmlaunch.flow" . }}
+  {{- end }}
 {{- end -}}
 
 {{/* The operators inject PET_* only into the container with this name. */}}

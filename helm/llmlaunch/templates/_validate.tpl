@@ -15,6 +15,9 @@ ClusterSpec applies to a job file). Each message names the value to change.
 {{- if and $storage.storageClass (not $storage.size) -}}
 {{- fail "storage.storageClass only applies to a created PVC (set storage.size)" -}}
 {{- end -}}
+{{- if and $storage.keep (not $storage.size) -}}
+{{- fail "storage.keep only applies to a created PVC (set storage.size); an existing claim is never deleted" -}}
+{{- end -}}
 {{- $maxNodes := int $v.nodes -}}
 {{- with $v.elastic -}}
 {{- $maxNodes = int .maxNodes -}}
@@ -26,7 +29,8 @@ ClusterSpec applies to a job file). Each message names the value to change.
 {{- fail (printf "storage.accessMode %s cannot be shared by %d pods on different nodes; use ReadWriteMany" $storage.accessMode $maxNodes) -}}
 {{- end -}}
 {{- if eq $v.api "trainjob" -}}
-{{- $unsupported := dict "scheduling.affinity" $v.scheduling.affinity "scheduling.priorityClass" $v.scheduling.priorityClass "scheduling.schedulerName" $v.scheduling.schedulerName "imagePullSecrets" $v.imagePullSecrets "elastic" $v.elastic "network.rdma" $v.network.rdma -}}
+{{- /* what a Trainer v2.3 runtime patch cannot reach (launcher/cluster_spec.py TRAINJOB_UNSUPPORTED) */ -}}
+{{- $unsupported := dict "scheduling.priorityClass" $v.scheduling.priorityClass "scheduling.schedulerName" $v.scheduling.schedulerName "elastic" $v.elastic -}}
 {{- range $key := keys $unsupported | sortAlpha -}}
 {{- if get $unsupported $key -}}
 {{- fail (printf "%s cannot be set with api trainjob (a TrainJob takes it from its ClusterTrainingRuntime %q); use api pytorchjob" $key $v.runtime) -}}
