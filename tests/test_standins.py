@@ -1,9 +1,9 @@
 """The two stand-ins the real-node tests need (tests/operator_standin.py, tests/cluster_dns.py), checked against
 the real kube-apiserver of tests/fixtures/control_plane.py.
 
-That control plane has no scheduler, kubelet or kube-controller-manager, so here the test plays those: it
-writes pod status through the pods' status subresource as a kubelet would, and writes Endpoints objects as
-the endpoints controller would. Everything the stand-ins themselves create or write goes through the API.
+That control plane has no scheduler or kubelet, so here the test plays those: it binds pods and writes their
+status through the status subresource as a kubelet would. Endpoints come from the real endpoints controller
+(the `controller_manager` fixture), or, for Services without a selector, from the test as a user writes them. Everything the stand-ins themselves create or write goes through the API.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def kubelet_reports(plane, ns: str, pod: str, phase: str, exit_code: int | None 
     state = {"running": {"startedAt": t}} if exit_code is None else {
         "terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed", "startedAt": t, "finishedAt": t}}
     obj["status"] = {"phase": phase, "containerStatuses": [
-        {"name": "pytorch", "ready": exit_code is None, "restartCount": restarts, "image": "img", "imageID": "", "state": state}]}
+        {"name": "pytorch", "ready": exit_code is None, "restartCount": restarts, "image": "img", "imageID": "", "state": state}],
+        "conditions": [{"type": "Ready", "status": "True" if phase == "Running" else "False"}]}
     if ip:
         obj["status"].update(podIP=ip, podIPs=[{"ip": ip}])
     plane.api("PUT", f"/api/v1/namespaces/{ns}/pods/{pod}/status", obj)
@@ -269,13 +270,15 @@ def endpoints(ns: str, name: str, ready: list[tuple[str, str | None]], not_ready
 
 
 def test_cluster_dns_serves_headless_services_from_their_endpoints(control_plane, tmp_path):
+    # Services without a selector: their Endpoints are written by hand (by this test), and an endpoints
+    # controller running in the same session leaves them alone.
     ns = control_plane.create_namespace()
     ip, fqdn = free_loopback_ip(), f"svc-a.{ns}.svc.cluster.local"
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc-a"},
-           "spec": {"clusterIP": "None", "selector": {"app": "a"}, "ports": [{"name": "p", "port": 23456}]}}
+           "spec": {"clusterIP": "None", "ports": [{"name": "p", "port": 23456}]}}
     control_plane.api("POST", f"/api/v1/namespaces/{ns}/services", svc)
     control_plane.api("POST", f"/api/v1/namespaces/{ns}/services", dict(copy.deepcopy(svc), metadata={"name": "cip"},
-                                                                       spec={"selector": {"app": "a"}, "ports": [{"port": 80}]}))
+                                                                       spec={"ports": [{"port": 80}]}))
     control_plane.api("POST", f"/api/v1/namespaces/{ns}/endpoints",
                       endpoints(ns, "svc-a", [("10.244.0.5", None), ("10.244.0.6", "h0")], not_ready=["10.244.0.9"]))
     control_plane.api("POST", f"/api/v1/namespaces/{ns}/endpoints", endpoints(ns, "cip", [("10.244.0.7", None)]))
@@ -298,14 +301,18 @@ def test_cluster_dns_serves_headless_services_from_their_endpoints(control_plane
         query(ip, fqdn, timeout=0.5)  # stopped: nobody answers
 
 
-def test_operator_and_dns_together_resolve_the_master_service(control_plane, tmp_path):
-    """The wiring of the real-node test: the operator's Service, its Endpoints, the name the workers look up."""
+def test_operator_and_dns_together_resolve_the_master_service(control_plane, controller_manager, tmp_path):
+    """The wiring of the real-node test: the operator's Service, its Endpoints (written by the real
+    endpoints controller from the pod status a kubelet would report), the name the workers look up."""
     ns, ip = control_plane.create_namespace(), free_loopback_ip()
     create_job(control_plane, ns, rendered_job(ns, "cluster.nodes=2"))
     with PyTorchJobOperator(control_plane, ns, interval=0.2), ClusterDNS(control_plane, ip, tmp_path, interval=0.2):
         wait_for(lambda: "tiny-master-0" in services(control_plane, ns), what="master service")
+        # the scheduler binds the pod to a node, the kubelet reports it ready: the endpoints controller takes it
+        control_plane.api("POST", f"/api/v1/namespaces/{ns}/pods/tiny-master-0/binding", {
+            "apiVersion": "v1", "kind": "Binding", "metadata": {"name": "tiny-master-0"},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": "node-x"}})
         kubelet_reports(control_plane, ns, "tiny-master-0", "Running", ip="10.244.0.12")
-        control_plane.api("POST", f"/api/v1/namespaces/{ns}/endpoints", endpoints(ns, "tiny-master-0", [("10.244.0.12", None)]))
         master_addr = env_of(pods(control_plane, ns)["tiny-worker-0"])["MASTER_ADDR"]
         # the pod's resolv.conf searches <ns>.svc.cluster.local first
         wait_for(lambda: query(ip, f"{master_addr}.{ns}.svc.cluster.local") == (NOERROR, ["10.244.0.12"]),
