@@ -147,6 +147,27 @@ def report(run_dir: str, output: str | None) -> None:
         click.echo(f"{what:<{width}}  {value}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--merge", is_flag=True, help="Merge the LoRA adapter in RUN_DIR/final into its base weights.")
+@click.option("--base", help="Base model directory or hub id (default: the run's train.model.pretrained).")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Where to write (default: RUN_DIR/final-merged).")
+@report_errors
+def export(run_dir: str, merge: bool, base: str | None, output_dir: str | None) -> None:
+    """Write a finished LoRA run's model for serving: base + adapter merged (safetensors, tokenizer; no peft needed)."""
+    from pathlib import Path
+
+    if not merge:
+        raise ConfigError(["--merge: required (merging a LoRA adapter is the one export there is; final/ "
+                           "already holds a full model's weights)"])
+    from trainer.__main__ import quiet_libraries
+    from trainer.merge import merge_run  # imports torch, transformers and peft when it runs, not before
+
+    quiet_libraries()
+    out = merge_run(Path(run_dir), base, Path(output_dir) if output_dir else None)
+    click.echo(f"wrote {out}")
+
+
 def main() -> None:
     cli(prog_name="llmlaunch")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from launcher.cli import RuntimeFailure, job_file, report_errors, set_option
+from launcher.cli_estimate import estimate, warn_if_too_big
 from trainer.config import ConfigError
 
 
@@ -125,6 +126,7 @@ def render(job_file, nodes, gpus_per_node, image, namespace, overrides, output_d
 
     spec = load_cluster_job(job_file, overrides, nodes, gpus_per_node, image, namespace)
     objects = rendering.render(spec)
+    warn_if_too_big(spec)
     if output_dir:
         for path in rendering.write_dir(objects, Path(output_dir)):
             click.echo(str(path))
@@ -168,6 +170,7 @@ def submit(job_file, nodes, gpus_per_node, image, namespace, overrides, kubeconf
 
     spec = load_cluster_job(job_file, overrides, nodes, gpus_per_node, image, namespace)
     objects = rendering.render(spec)
+    warn_if_too_big(spec)
     if dry_run == "client":
         for obj in objects:
             click.echo(f"{obj['kind'].lower()}/{obj['metadata']['name']} created (dry run)")
@@ -279,5 +282,5 @@ def delete(name, namespace, keep_data, kubeconfig, context):
 
 
 def register(group: click.Group) -> None:
-    for command in (init, render, values_, submit, status, list_, logs, delete):
+    for command in (init, render, values_, submit, status, list_, logs, delete, estimate):
         group.add_command(command)

@@ -45,6 +45,7 @@ def test_not_yaml(tmp_path):
         ({"deepspeed": {"preset": "zero7"}}, "train.deepspeed.preset: unknown preset 'zero7'"),
         ({"precision": "fp16"}, "train.precision: fp16 needs a GPU"),
         ({"run": {"global_batch_size": 6}}, "train.run.global_batch_size 6 does not divide into 2 processes"),
+        ({"method": {"kind": "lora", "lora": {"merge_on_export": True}}}, "method.lora.merge_on_export needs model.pretrained"),
     ],
 )
 def test_train_refuses_bad_input_before_any_process_starts(tmp_path, monkeypatch, sections, fragment):

@@ -110,6 +110,10 @@ class LoraConfig(Section):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Module names to adapt, or all-linear.",
     )
+    merge_on_export: bool = Field(
+        False, description="At the end also write <output_dir>/final-merged: the adapter merged into the base "
+        "weights (safetensors + tokenizer, loadable without peft; for vLLM / TGI). Needs model.pretrained.",
+    )
 
 
 class PrefixConfig(Section):
@@ -243,6 +247,9 @@ class TrainConfig(Section):
             )
         if self.method.kind == "prefix" and self.model.gradient_checkpointing:
             raise ValueError("model.gradient_checkpointing does not work with method.kind prefix (peft)")
+        if self.method.kind == "lora" and self.method.lora.merge_on_export and self.model.pretrained is None:
+            raise ValueError("method.lora.merge_on_export needs model.pretrained (a base built from model.config "
+                             "is never saved, so there are no base weights to merge the adapter into)")
         return self
 
     def global_batch(self, world_size: int) -> int:

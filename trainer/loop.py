@@ -140,6 +140,12 @@ class Trainer:
         self.watchdog.stop()
         bar.close()
         checkpoint.export(self.engine, self.engine.module, self.tokenizer, self.out / "final", self.topo.is_main)
+        if cfg.method.kind == "lora" and cfg.method.lora.merge_on_export and self.topo.is_main:
+            from trainer.merge import MERGED_DIR, merge_run
+
+            # After the collective export: final/ holds the gathered adapter, so one process merges it.
+            merge_run(self.out, cfg=cfg)
+            self.runlog.info(f"merged the adapter into the base weights: {self.out / MERGED_DIR}")
         self.runlog.finished(state)
         return True
 
