@@ -25,7 +25,10 @@ def estimate(job_file, nodes, gpus_per_node, gpu_memory, output, overrides) -> N
     from launcher.estimate import describe, estimate as plan_of
     from launcher.spec import load_job
 
-    plan = plan_of(load_job(job_file, overrides), nodes, gpus_per_node, gpu_memory)
+    # The flags are cluster.* overrides, applied before the job's rules run (bf16 needs GPU pods, ...).
+    flags = {"nodes": nodes, "gpus_per_node": gpus_per_node}
+    extra = [f"cluster.{k}={v}" for k, v in flags.items() if v is not None]
+    plan = plan_of(load_job(job_file, [*overrides, *extra]), nodes, gpus_per_node, gpu_memory)
     click.echo(json.dumps(plan, indent=2, sort_keys=True) if output == "json" else describe(plan))
 
 

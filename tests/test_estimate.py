@@ -44,9 +44,7 @@ def big_job(tmp_path, model=LLAMA_7B, preset="zero2", overrides=None, nodes=1, g
     sections = {"model": {"config": model, "gradient_checkpointing": checkpointing}, "data": {"seq_len": 2048},
                 "run": {"micro_batch_size": 1}, **train}
     job = tiny_job(tmp_path, deepspeed={"preset": preset, "overrides": overrides or {}}, precision="bf16", **sections)
-    spec = load_job(job)
-    cluster = spec.cluster.model_copy(update={"nodes": nodes, "gpus_per_node": gpus})
-    return spec.model_copy(update={"cluster": cluster}), job
+    return load_job(job, [f"cluster.nodes={nodes}", f"cluster.gpus_per_node={gpus}"]), job
 
 
 @pytest.mark.parametrize("config", [

@@ -200,10 +200,10 @@ def test_the_chart_refuses_the_same_labels(values):
 
 
 def test_set_is_on_exactly_the_commands_the_readme_names():
-    """README: `--set` on validate, train, render, values and submit (the commands that read a job file)."""
+    """README: `--set` on validate, train, render, values, submit and estimate (the commands that read a job file)."""
     readme = (REPO / "README.md").read_text()
     line = next(line for line in readme.split("\n- ") if line.startswith("`--set key.path=value`"))
-    named = {"validate", "train", "render", "values", "submit"}
+    named = {"validate", "train", "render", "values", "submit", "estimate"}
     assert all(f"`{command}`" in line for command in named)
     with_set = {name for name, command in cli.commands.items() if any(p.name == "overrides" for p in command.params)}
     assert with_set == named
