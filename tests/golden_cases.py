@@ -16,6 +16,8 @@ VARIANTS = {  # name -> (example, overrides)
     "tiny-4nodes": ("tiny", ["cluster.nodes=4"]),
     "tiny-trainjob": ("tiny", ["cluster.api=trainjob", "cluster.nodes=2", "cluster.storage.size=10Gi"]),
     "tiny-elastic": ("tiny", ["cluster.nodes=2", "cluster.elastic={min_nodes: 1, max_nodes: 3}"]),
+    "tiny-locked-down": ("tiny", ["cluster.network.block_metadata_egress=true",
+                                  "cluster.network.metrics_from={namespace_selector: {team: sre}, pod_selector: {}}"]),
 }
 
 

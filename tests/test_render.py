@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from golden_cases import TEST_IMAGE
 from launcher import render
 from launcher.spec import load_job
 from trainer.config import ConfigError, TrainConfig
@@ -239,13 +240,15 @@ def test_rendering_is_deterministic_across_processes():
 
     root = Path(__file__).resolve().parent.parent
     outputs = {
-        subprocess.run([sys.executable, "-m", "launcher.cli", "render", str(EXAMPLES / "pretrain-multinode.yaml")],
+        subprocess.run([sys.executable, "-m", "launcher.cli", "render", str(EXAMPLES / "pretrain-multinode.yaml"),
+                        "--image", TEST_IMAGE],
                        capture_output=True, check=True, cwd=root,
                        env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}).stdout
         for seed in ("1", "2")
     }
     assert len(outputs) == 1
-    assert render.to_yaml_stream(render.render(spec_of(example=EXAMPLES / "pretrain-multinode.yaml"))).encode() in outputs
+    spec = spec_of(f"cluster.image={TEST_IMAGE}", example=EXAMPLES / "pretrain-multinode.yaml")
+    assert render.to_yaml_stream(render.render(spec)).encode() in outputs
 
 
 def test_network_policy_admits_only_the_jobs_pods_and_metrics_scrapers():
@@ -255,7 +258,9 @@ def test_network_policy_admits_only_the_jobs_pods_and_metrics_scrapers():
                 "app.kubernetes.io/component": "trainer"}
     assert policy == {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
                       "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}]},
-                                  {"ports": [{"port": 9400, "protocol": "TCP"}]}]}
+                                  {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                                             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+                                   "ports": [{"port": 9400, "protocol": "TCP"}]}]}
     assert objects("train.metrics.enabled=false")["NetworkPolicy"]["spec"]["ingress"] == policy["ingress"][:1]
     assert "NetworkPolicy" not in objects("cluster.network.policy=false")
     tj = objects("cluster.api=trainjob")["NetworkPolicy"]["spec"]
