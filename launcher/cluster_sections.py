@@ -7,15 +7,21 @@ import posixpath
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from launcher.k8s_types import (
     INT32_MAX, INT64_MAX, Capability, has_control_character, DnsName, Duration, EnvName, ExtraLabels, Labels, Quantity, ResourceName, StrDict,
 )
+from trainer.config import refuse_bool_numbers
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_bool_numbers(cls, value, info.field_name)
 
 
 class Resources(Section):
