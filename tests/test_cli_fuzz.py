@@ -147,3 +147,16 @@ def test_the_base_job_is_valid_and_each_wrong_change_is_caught():
     assert codes(broken) == {"validate": 2, "render": 2, "values": 2}
     base = full_base()
     assert check_invalid((base, "cluster.nodes", "nothing"))[1] == ["cluster.nodes (nothing): accepted"]
+
+
+def test_what_the_fuzzing_found_stays_fixed():
+    """true is no number (pydantic reads it as 1), and a union key fails in one line, not one per member."""
+    for key, value in [("cluster.nodes", True), ("cluster.security.run_as_user", False), ("train.optim.lr", True),
+                       ("train.run.max_steps", True), ("train.method.lora.target_modules", 7)]:
+        doc = full_base()
+        *parents, last = key.split(".")
+        node = doc
+        for part in parents:
+            node = node[part]
+        node[last] = value
+        assert check_invalid((doc, key, "found by fuzzing"))[1] == [], key
