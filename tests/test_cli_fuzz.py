@@ -150,9 +150,13 @@ def test_the_base_job_is_valid_and_each_wrong_change_is_caught():
 
 
 def test_what_the_fuzzing_found_stays_fixed():
-    """true is no number (pydantic reads it as 1), and a union key fails in one line, not one per member."""
+    """true is no number (pydantic reads it as 1), a union key fails in one line, not one per member, and a
+    path with a NUL character (bench/fuzz_job_file.py: validate crashed resolving it) is refused."""
     for key, value in [("cluster.nodes", True), ("cluster.security.run_as_user", False), ("train.optim.lr", True),
-                       ("train.run.max_steps", True), ("train.method.lora.target_modules", 7)]:
+                       ("train.run.max_steps", True), ("train.method.lora.target_modules", 7),
+                       ("train.data.train", "data\x00.jsonl"), ("train.data.eval", "e\x00"),
+                       ("train.data.cache_dir", "c\x00"), ("train.model.tokenizer", "t\x00"),
+                       ("train.run.output_dir", "/o\x00")]:
         doc = full_base()
         *parents, last = key.split(".")
         node = doc

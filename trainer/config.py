@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator, model_validator
 
 PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero3-offload")
 
@@ -41,6 +41,15 @@ def refuse_bool_numbers(model: type[BaseModel], value: Any, field: str | None) -
     return value
 
 
+def _no_nul(path: str) -> str:
+    if "\x00" in path:
+        raise ValueError("a path cannot hold a NUL character")
+    return path
+
+
+PathText = Annotated[str, AfterValidator(_no_nul)]  # a file or directory (or hub id): no OS takes a NUL in one
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -53,7 +62,7 @@ class Section(BaseModel):
 class ModelConfig(Section):
     """Which causal LM to train: a pretrained HF model, or a fresh one built from an architecture config."""
 
-    pretrained: str | None = Field(
+    pretrained: PathText | None = Field(
         None, description="HF model directory or hub id to fine-tune. Leave empty to pre-train from `config`."
     )
     config: dict[str, Any] | None = Field(
@@ -61,7 +70,7 @@ class ModelConfig(Section):
         description="Architecture for random init, as for transformers.AutoConfig.for_model "
         "(must contain model_type, e.g. llama).",
     )
-    tokenizer: str | None = Field(
+    tokenizer: PathText | None = Field(
         None, description="Tokenizer directory or tokenizer.json file; defaults to the pretrained model's."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
@@ -108,8 +117,8 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Where the tokens come from and how they are shaped into sequences."""
 
-    train: str = Field(..., description="Training data: a .jsonl/.json, .txt or .parquet file (or a directory of them).")
-    eval: str | None = Field(None, description="Held-out data in the same format; enables eval.")
+    train: PathText = Field(..., description="Training data: a .jsonl/.json, .txt or .parquet file (or a directory of them).")
+    eval: PathText | None = Field(None, description="Held-out data in the same format; enables eval.")
     eval_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="When `eval` is empty: hold out this fraction of `train` for eval."
     )
@@ -127,7 +136,7 @@ class DataConfig(Section):
         "buckets, deterministic per seed and epoch): less padding, but batches are less random (see docs/data.md). "
         "Every padded batch is cut to its longest sequence either way.",
     )
-    cache_dir: str | None = Field(
+    cache_dir: PathText | None = Field(
         None, description="Where tokenized data is cached; defaults to <output_dir>/cache."
     )
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
@@ -194,7 +203,7 @@ class EarlyStopping(Section):
 class RunConfig(Section):
     """Length, batch, cadence and where the outputs go."""
 
-    output_dir: str = Field("runs/default", description="Checkpoints, final model, metrics.jsonl.")
+    output_dir: PathText = Field("runs/default", description="Checkpoints, final model, metrics.jsonl.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to train (wins over epochs).")
     epochs: float | None = Field(None, gt=0, description="Passes over the training data.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per device per forward pass.")
