@@ -7,15 +7,21 @@ import posixpath
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from launcher.k8s_types import (
     INT32_MAX, INT64_MAX, Capability, has_control_character, DnsName, Duration, EnvName, ExtraLabels, Labels, Quantity, ResourceName, StrDict,
 )
+from trainer.config import refuse_bool_numbers
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_bool_numbers(cls, value, info.field_name)
 
 
 class Resources(Section):
@@ -179,14 +185,37 @@ class Rdma(Section):
     count: int = Field(1, ge=1, le=INT32_MAX, description="RDMA devices per pod.")
 
 
+class MetricsFrom(Section):
+    """Pods allowed to scrape the metrics port (one NetworkPolicy peer: both selectors must match).
+    A selector left out is the default for kube-prometheus-stack installed in the namespace
+    monitoring (its Prometheus pods carry app.kubernetes.io/name: prometheus); a selector {} matches all."""
+
+    namespace_selector: Labels = Field(
+        default_factory=lambda: {"kubernetes.io/metadata.name": "monitoring"},
+        description="Labels of the scraper's namespace ({} = every namespace); Kubernetes sets "
+        "kubernetes.io/metadata.name to each namespace's name.",
+    )
+    pod_selector: Labels = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "prometheus"},
+        description="Labels of the scraper's pods ({} = every pod of those namespaces); the Prometheus "
+        "operator labels its pods app.kubernetes.io/name: prometheus.",
+    )
+
+
 class Network(Section):
-    """Fast interconnect between nodes."""
+    """Fast interconnect between nodes, and the NetworkPolicy around the job's pods."""
 
     rdma: Rdma | None = Field(None, description="Request RDMA devices (adds the IPC_LOCK capability NCCL needs).")
     nccl: StrDict = Field(default_factory=dict, description="NCCL_* environment, e.g. NCCL_IB_HCA: mlx5, NCCL_DEBUG: WARN.")
     policy: bool = Field(
-        True, description="Create a NetworkPolicy: only the job's own pods reach its pods (plus scrapers on "
-        "the metrics port); egress stays open."
+        True, description="Create a NetworkPolicy: only the job's own pods reach its pods on any port, and "
+        "only metrics_from reaches the metrics port."
+    )
+    metrics_from: MetricsFrom = Field(default_factory=MetricsFrom)
+    block_metadata_egress: bool = Field(
+        False, description="Add egress rules to the NetworkPolicy that block link-local addresses "
+        "(169.254.0.0/16: cloud metadata servers and their node credentials) and leave all other egress "
+        "open, DNS on port 53 included (NodeLocal DNSCache listens on 169.254.20.10)."
     )
 
     @field_validator("nccl")

@@ -155,7 +155,8 @@ def documents(spec: JobSpec) -> list[str]:
     if c.network.policy:
         docs.append(env.get_template("networkpolicy.yaml.j2").render(
             meta=_meta(spec, names.network_policy(name), "network"), pod_selector=names.pod_selector(spec),
-            metrics_port=spec.train.metrics.port if spec.train.metrics.enabled else None))
+            metrics_port=spec.train.metrics.port if spec.train.metrics.enabled else None,
+            metrics_from=c.network.metrics_from, block_metadata_egress=c.network.block_metadata_egress))
     if spec.train.metrics.enabled and c.monitoring.pod_monitor:
         docs.append(env.get_template("podmonitor.yaml.j2").render(
             meta=_meta(spec, names.pod_monitor(name), "monitoring", c.monitoring.labels),

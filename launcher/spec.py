@@ -80,7 +80,8 @@ def _resolve_local_paths(data: dict, base: Path) -> None:
             continue
         for key in keys:
             value = part.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
+            # (a NUL character is left for validation to refuse: resolve() would raise on it)
+            if isinstance(value, str) and value and "\x00" not in value and not Path(value).is_absolute():
                 candidate = base / value
                 # A hub id such as "org/model" stays as written when no such local path exists.
                 if candidate.exists() or key in ("train", "eval", "cache_dir") or value.startswith("."):

@@ -39,6 +39,15 @@ def chart_values(spec: JobSpec, name: str | None = None) -> dict[str, Any]:
     return camel_dump(model)
 
 
+def chart_defaults(spec: JobSpec) -> dict[str, Any]:
+    """The chart's own values.yaml: `spec`'s values named after the release, with network.metricsFrom
+    left empty. Helm merges a user's map into a default map key by key, so a default selector would
+    stay inside every selector a user sets; the chart fills in what is left out (defaults_template)."""
+    values = chart_values(spec, name="")
+    values["network"]["metricsFrom"] = {}
+    return values
+
+
 def install_hint(spec: JobSpec, values_file: str) -> str:
     return shell_command(["helm", "install", spec.name, "./helm/llmlaunch", "-n", spec.cluster.namespace, "-f", values_file])
 

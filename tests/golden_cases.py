@@ -28,6 +28,8 @@ VARIANTS = {  # name -> (example, overrides)
         "cluster.termination_grace_period_seconds=300", "cluster.run_policy.active_deadline_seconds=86400",
         "cluster.annotations={example.com/team: ml}", "cluster.labels={team: ml}", "cluster.scheduling.queue=team-a",
     ]),
+    "tiny-locked-down": ("tiny", ["cluster.network.block_metadata_egress=true",
+                                  "cluster.network.metrics_from={namespace_selector: {team: sre}, pod_selector: {}}"]),
 }
 
 

@@ -9,6 +9,7 @@ removes it in its place after checking that helm asked for the deletion.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -111,3 +112,37 @@ def test_a_trainjob_release_installs_and_uninstalls(control_plane):
     assert objects["TrainJob"][0]["spec"]["trainer"]["numNodes"] == 2
     helm("uninstall", "tj", "-n", ns, kubeconfig=kube)
     assert stored(control_plane, ns) == {}
+
+
+def test_helm_upgrade_of_the_image_leaves_running_pods_alone(control_plane):
+    """What docs/helm.md says `helm upgrade --set image=` does: the PyTorchJob's pod template changes, the
+    operator (tests/operator_standin.py, as training-operator v1.9.4 reconciles) leaves the pods it made
+    alone, and only a pod created again (here: deleted) gets the new image."""
+    from operator_standin import PyTorchJobOperator, wait_for
+
+    ns = control_plane.create_namespace("helm-up")
+    kube = control_plane.kubeconfig
+    pods_path = f"/api/v1/namespaces/{ns}/pods"
+
+    def images() -> dict[str, str]:
+        return {p["metadata"]["name"]: next(c["image"] for c in p["spec"]["containers"] if c["name"] == "pytorch")
+                for p in control_plane.api("GET", pods_path)["items"] if not p["metadata"].get("deletionTimestamp")}
+
+    old, new = "registry.example.com/ml/llmlaunch-trainer:0.1.0", "registry.example.com/ml/llmlaunch-trainer:0.2.0"
+    helm("install", "up", str(CHART), "-n", ns, "-f", ci_values("single-node"), "--set", "name=up",
+         "--set", f"image={old}", "--set", "storage.size=null", kubeconfig=kube)
+    with PyTorchJobOperator(control_plane, ns, interval=0.2) as op:
+        first = wait_for(lambda: images() == {"up-master-0": old} and control_plane.api("GET", pods_path)["items"][0],
+                         what="the master pod")
+        helm("upgrade", "up", str(CHART), "-n", ns, "-f", ci_values("single-node"), "--set", "name=up",
+             "--set", f"image={new}", "--set", "storage.size=null", kubeconfig=kube)
+        job = control_plane.api("GET", COLLECTIONS["PyTorchJob"].format(ns=ns) + "/up")
+        assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] == new
+        time.sleep(1.5)  # about seven reconcile passes of the stand-in (every 0.2 s) see the new template
+        pod = control_plane.api("GET", f"{pods_path}/up-master-0")
+        assert pod["metadata"]["uid"] == first["metadata"]["uid"] and images() == {"up-master-0": old}
+
+        control_plane.api("DELETE", f"{pods_path}/up-master-0")  # e.g. kubectl delete pod (SIGTERM: a checkpoint)
+        wait_for(lambda: images() == {"up-master-0": new}, what="the master pod recreated with the new image")
+    assert not op.errors
+    helm("uninstall", "up", "-n", ns, kubeconfig=kube)

@@ -114,7 +114,9 @@ def test_every_value_has_a_comment_above_it(path):
 
 def test_chart_defaults_are_the_tiny_example_named_after_the_release():
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert defaults == chart_values(load_case("tiny"), name="")
+    expected = chart_values(load_case("tiny"), name="")
+    expected["network"]["metricsFrom"] = {}  # the chart fills it in (templates/_defaults.tpl): Helm would merge maps
+    assert defaults == expected
 
 
 @pytest.mark.parametrize("change, error", [

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import render
 from golden_cases import TEST_IMAGE
+from launcher import render
 from launcher.spec import load_job
 from trainer.config import ConfigError, TrainConfig
 from trainer.ds_config import build_ds_config
@@ -263,7 +263,9 @@ def test_network_policy_admits_only_the_jobs_pods_and_metrics_scrapers():
                 "app.kubernetes.io/component": "trainer"}
     assert policy == {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
                       "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}]},
-                                  {"ports": [{"port": 9400, "protocol": "TCP"}]}]}
+                                  {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                                             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+                                   "ports": [{"port": 9400, "protocol": "TCP"}]}]}
     assert objects("train.metrics.enabled=false")["NetworkPolicy"]["spec"]["ingress"] == policy["ingress"][:1]
     assert "NetworkPolicy" not in objects("cluster.network.policy=false")
     tj = objects("cluster.api=trainjob")["NetworkPolicy"]["spec"]

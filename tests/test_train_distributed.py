@@ -129,6 +129,28 @@ def test_a_partial_checkpoint_is_never_loaded(tmp_path, zero2_run):
     assert sorted(losses(out)) == list(range(1, 9))
 
 
+def test_a_pickle_planted_in_a_checkpoint_never_runs(tmp_path, zero2_run):
+    """Someone with write access to the volume replaces the loop files with pickles that run code when
+    unpickled, under both names llmlaunch ever used, and rewrites the manifest to match. The trainer
+    reads them as data: the checkpoint counts as damaged, training starts over, nothing ran."""
+    from test_checkpoint_trust import planted_pickle
+    from trainer.checkpoint_manifest import checkpoint_files, describe
+
+    ckpt = tmp_path / "out" / "checkpoints" / "step-000004"
+    shutil.copytree(zero2_run / "checkpoints" / "step-000004", ckpt)
+    marker = tmp_path / "pickle-ran"
+    for rank in (0, 1):
+        for suffix in (".json", ".pt"):
+            (ckpt / f"loop-rank{rank}{suffix}").write_bytes(planted_pickle(marker))
+    meta = json.loads((ckpt / "COMPLETE").read_text())
+    meta["files"] = describe(ckpt, checkpoint_files(ckpt))
+    (ckpt / "COMPLETE").write_text(json.dumps(meta))
+    result = train(tiny_job(tmp_path))
+    assert not marker.exists()
+    assert "loop-rank0.json: not readable as JSON" in result.stderr and "marked DAMAGED" in result.stderr
+    assert sorted(losses(tmp_path / "out")) == list(range(1, 9))
+
+
 def test_lora_fine_tunes_an_adapter(tmp_path, pretrained):
     # Chat data: the loss covers the assistant turns only (rendered with the tokenizer's chat template).
     job = tiny_job(tmp_path, model={"config": None, "pretrained": str(pretrained), "tokenizer": None},

@@ -2,7 +2,7 @@
 
 Layout under <output_dir>/checkpoints/step-000050/:
   DeepSpeed's engine state (model, optimizer and ZeRO partitions, LR scheduler; written by every rank),
-  loop-rank{r}.pt (each rank's loop position and RNG states), and COMPLETE, written by rank 0 only after
+  loop-rank{r}.json (each rank's loop position and RNG states: checkpoint_state.py), and COMPLETE, written by rank 0 only after
   every rank has finished, listing every file with its size and SHA-256 (checkpoint_manifest.py).
   A directory without COMPLETE (a crash mid-write) is never loaded; resume.py picks the newest one
   that still matches its manifest.
@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from deepspeed.checkpoint.constants import (
@@ -29,6 +27,7 @@ from deepspeed.checkpoint.constants import (
 )
 
 from trainer.checkpoint_manifest import MARKER, checkpoint_files, describe, share
+from trainer.checkpoint_state import encode as encode_loop_state, loop_file
 from trainer.failpoints import failpoint
 
 log = logging.getLogger("llmlaunch.trainer")
@@ -46,21 +45,6 @@ def complete_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.glob("step-*") if (p / MARKER).is_file())
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -90,8 +74,7 @@ def save(engine, root: Path, step: int, loop_state: dict[str, Any], *, keep_last
     error = None
     try:
         engine.save_checkpoint(str(root), tag=target.name, client_state=UNIVERSAL_INFO)
-        buf = _torch_bytes({"loop": loop_state, "rng": rng_state()})
-        _atomic_write(target / f"loop-rank{rank}.pt", buf)
+        _atomic_write(loop_file(target, rank), encode_loop_state(loop_state))
         failpoint("checkpoint", step)
     except OSError as e:  # full or vanished volume, permissions: this rank's part is missing
         error = f"rank {rank}: {e}"
@@ -111,14 +94,6 @@ def save(engine, root: Path, step: int, loop_state: dict[str, Any], *, keep_last
         prune(root, keep_last, protect)
     dist.barrier()
     return time.perf_counter() - start
-
-
-def _torch_bytes(obj: Any) -> bytes:
-    import io
-
-    f = io.BytesIO()
-    torch.save(obj, f)
-    return f.getvalue()
 
 
 def prune(root: Path, keep_last: int, protect: int | None) -> None:

@@ -6,23 +6,63 @@ Every model refuses unknown keys, so a typo in a job file is an error, not a sil
 
 from __future__ import annotations
 
+import functools
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator, model_validator
 
 PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero3-offload")
+
+
+def _leaf_types(annotation: Any) -> set:
+    """The plain types an annotation accepts (through Annotated, Optional and unions)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _leaf_types(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_leaf_types(a) for a in typing.get_args(annotation)))
+    return {annotation}
+
+
+@functools.cache
+def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(name for name, info in model.model_fields.items()
+                     if (kinds := _leaf_types(info.annotation)) & {int, float} and bool not in kinds)
+
+
+def refuse_bool_numbers(model: type[BaseModel], value: Any, field: str | None) -> Any:
+    """pydantic reads true as 1 for an int or float field; in a job file `nodes: true` is a mistake."""
+    if isinstance(value, bool) and field in _numeric_fields(model):
+        raise ValueError("Input should be a number, not a boolean")
+    return value
+
+
+def _no_nul(path: str) -> str:
+    if "\x00" in path:
+        raise ValueError("a path cannot hold a NUL character")
+    return path
+
+
+PathText = Annotated[str, AfterValidator(_no_nul)]  # a file or directory (or hub id): no OS takes a NUL in one
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_bool_numbers(cls, value, info.field_name)
+
 
 class ModelConfig(Section):
     """Which causal LM to train: a pretrained HF model, or a fresh one built from an architecture config."""
 
-    pretrained: str | None = Field(
+    pretrained: PathText | None = Field(
         None, description="HF model directory or hub id to fine-tune. Leave empty to pre-train from `config`."
     )
     config: dict[str, Any] | None = Field(
@@ -30,7 +70,7 @@ class ModelConfig(Section):
         description="Architecture for random init, as for transformers.AutoConfig.for_model "
         "(must contain model_type, e.g. llama).",
     )
-    tokenizer: str | None = Field(
+    tokenizer: PathText | None = Field(
         None, description="Tokenizer directory or tokenizer.json file; defaults to the pretrained model's."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
@@ -77,8 +117,8 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Where the tokens come from and how they are shaped into sequences."""
 
-    train: str = Field(..., description="Training data: a .jsonl/.json, .txt or .parquet file (or a directory of them).")
-    eval: str | None = Field(None, description="Held-out data in the same format; enables eval.")
+    train: PathText = Field(..., description="Training data: a .jsonl/.json, .txt or .parquet file (or a directory of them).")
+    eval: PathText | None = Field(None, description="Held-out data in the same format; enables eval.")
     eval_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="When `eval` is empty: hold out this fraction of `train` for eval."
     )
@@ -96,17 +136,28 @@ class DataConfig(Section):
         "buckets, deterministic per seed and epoch): less padding, but batches are less random (see docs/data.md). "
         "Every padded batch is cut to its longest sequence either way.",
     )
-    cache_dir: str | None = Field(
+    cache_dir: PathText | None = Field(
         None, description="Where tokenized data is cached; defaults to <output_dir>/cache."
     )
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
+
+
+def _target_modules(value: Any) -> list[str] | str:
+    if value == "all-linear" or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return list(value) if isinstance(value, list) else value
+    raise ValueError("must be a list of module names or all-linear")
+
+
+# One check and one message for both forms (a plain union reports each member's error on a line of its own).
+TargetModules = Annotated[list[str] | Literal["all-linear"], PlainValidator(_target_modules), WithJsonSchema(
+    {"anyOf": [{"items": {"type": "string"}, "type": "array"}, {"const": "all-linear", "type": "string"}]})]
 
 
 class LoraConfig(Section):
     r: int = Field(8, ge=1, description="Rank of the update matrices.")
     alpha: int = Field(16, ge=1, description="Scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
+    target_modules: TargetModules = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Module names to adapt, or all-linear.",
     )
@@ -156,7 +207,7 @@ class EarlyStopping(Section):
 class RunConfig(Section):
     """Length, batch, cadence and where the outputs go."""
 
-    output_dir: str = Field("runs/default", description="Checkpoints, final model, metrics.jsonl.")
+    output_dir: PathText = Field("runs/default", description="Checkpoints, final model, metrics.jsonl.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps to train (wins over epochs).")
     epochs: float | None = Field(None, gt=0, description="Passes over the training data.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per device per forward pass.")

@@ -26,8 +26,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainer.checkpoint import complete_checkpoints, set_rng_state
-from trainer.checkpoint_manifest import DAMAGED, MARKER, problems, read_marker, share
+from trainer import checkpoint_state
+from trainer.checkpoint import complete_checkpoints
+from trainer.checkpoint_manifest import DAMAGED, MARKER, problems, read_marker, shape_problems, share
 
 UNIVERSAL = "universal"
 
@@ -49,12 +50,28 @@ def verify(path: Path, meta: dict[str, Any] | None) -> list[str]:
     rank, world = dist.get_rank(), dist.get_world_size()
     if meta is None:
         mine = [f"its {MARKER} marker cannot be read"] if rank == 0 else []
+    elif shape := shape_problems(meta):
+        mine = shape if rank == 0 else []
     else:
         files = meta.get("files") or {}  # markers written before manifests: trusted as before
         mine = problems(path, files, share(sorted(files), rank, world))
+        if not mine:  # intact; then every loop file must be llmlaunch's own (read as data, never unpickled)
+            mine = bad_loop_files(path, rank, world)
     parts: list[Any] = [None] * world
     dist.all_gather_object(parts, mine)
     return [problem for part in parts for problem in part]
+
+
+def bad_loop_files(path: Path, rank: int, world: int) -> list[str]:
+    """This rank's share of the checkpoint's loop files that are not loop states llmlaunch wrote."""
+    names = sorted({p.with_suffix(".json").name for p in path.glob("loop-rank*") if p.suffix in (".json", ".pt")})
+    found = []
+    for name in share(names, rank, world):
+        try:
+            checkpoint_state.read(path / name)
+        except checkpoint_state.BadLoopFile as e:
+            found.append(str(e).replace(f"{path}/", ""))
+    return found
 
 
 def find(root: Path, ds_config: dict[str, Any]) -> Found | None:
@@ -120,10 +137,11 @@ def load(engine, found: Found, micro_batch_size: int) -> dict[str, Any]:
         load_path, _ = engine.load_checkpoint(str(found.path.parent), tag=found.path.name)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {found.path}")
-    own = found.path / f"loop-rank{rank}.pt"
-    saved = torch.load(own if own.is_file() else found.path / "loop-rank0.pt", weights_only=False)
-    if own.is_file():
-        set_rng_state(saved["rng"])
+    own = checkpoint_state.loop_file(found.path, rank)
+    mine = own.is_file() or own.with_suffix(checkpoint_state.LEGACY_SUFFIX).is_file()
+    saved = checkpoint_state.read(own if mine else checkpoint_state.loop_file(found.path, 0))  # JSON: no pickle
+    if mine:
+        checkpoint_state.set_rng_state(saved["rng"])
     else:  # a rank the old world did not have: a fresh stream of its own
         torch.manual_seed(zlib.crc32(f"{found.path.name}/{rank}".encode()))
     loop = dict(saved["loop"])
