@@ -214,7 +214,9 @@ def explain(cluster: Cluster, kind: Kind, job: dict[str, Any]) -> dict[str, Any]
         try:
             out["progress"] = {"pod": pod, **_progress(cluster, ns, name, master)}
         except (KubeError, train_progress.MetricsTextError) as e:
-            out["unavailable"]["progress"] = f"cannot read the metrics of pod {ns}/{pod}: {e}"
+            # The trainer serves /metrics once its setup (model, data, DeepSpeed) is done.
+            starting = " (the trainer serves them once its setup is done)" if "connection refused" in str(e) else ""
+            out["unavailable"]["progress"] = f"cannot read the metrics of pod {ns}/{pod}{starting}: {e}"
     return out
 
 

@@ -54,9 +54,7 @@ class PodCluster:
         kubeconfig = ["--kubeconfig", str(self.plane.user_kubeconfig)] if as_user else []
         result = cli(self.plane, "status", name, "-n", self.namespace, "-o", "json", *kubeconfig)
         assert result.returncode == 0, result.stderr
-        summary = json.loads(result.stdout)
-        assert summary["unavailable"] == {}, summary["unavailable"]
-        return summary
+        return json.loads(result.stdout)
 
     def note(self, key: str, **figures) -> None:
         """What a run showed (pod IPs, losses, restarts), kept in the test's tmp dir as summary.json."""
@@ -117,9 +115,14 @@ def test_a_rendered_job_trains_to_the_end_in_real_pods(cluster):
         prom.wait_for('llmlaunch_train_loss > 0', timeout=60)
         # `status` reads the master's /metrics through the apiserver's pod proxy, here as a user bound only
         # to the llmlaunch-user Role (its pods/proxy rule), and totals the steps from the job's train.yaml.
-        progress = cluster.status("pods-a", as_user=True)["progress"]
+        explained = cluster.status("pods-a", as_user=True)
+        progress = explained["progress"]
+        assert explained["unavailable"] == {} and [p["phase"] for p in explained["pods"]] == ["Running"] * 2, explained
         assert progress["pod"] == "pods-a-master-0" and progress["total"] == 40 and 0 < progress["step"] <= 40, progress
         assert progress["loss"] > 0 and progress["tokens_per_second"] > 0 and progress["eta_seconds"] >= 0, progress
+        text = cli(plane, "status", "pods-a", "-n", ns).stdout
+        (tmp / "status-running.txt").write_text(text)
+        assert "progress:   step " in text and " / 40 (" in text and "(pod pods-a-master-0)" in text, text
         stepping = {r["metric"]["pod"]: r["metric"]["instance"] for r in prom.query("llmlaunch_train_step")}
         assert stepping == {name: f"{ip}:9400" for name, ip in ips.items()}, stepping
         assert {r["metric"]["rank"] for r in prom.query("llmlaunch_rank_step_seconds")} == {"0", "1"}
