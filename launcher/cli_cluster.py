@@ -202,13 +202,13 @@ def _namespace(cluster, namespace):
 @output_option
 @report_errors
 def status(name, namespace, kubeconfig, context, output):
-    """Show a job's state as its operator reports it."""
+    """Show a job's state, its pods and why they wait, recent warnings, and the training progress."""
     from launcher import job_status, jobs
 
     cluster = connect(kubeconfig, context)
     with cluster_errors():
-        _, obj = jobs.find_job(cluster, _namespace(cluster, namespace), name)
-    summary = job_status.summary(obj)
+        kind, obj = jobs.find_job(cluster, _namespace(cluster, namespace), name)
+        summary = job_status.explained(obj, jobs.explain(cluster, kind, obj))
     emit(summary, output, job_status.describe(summary))
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from launcher import pod_status, train_progress
+
 TERMINAL = ("Succeeded", "Failed")
 STARTED = ("Running", "Succeeded", "Failed")  # states `submit --wait` stops at
 
@@ -66,8 +68,13 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def explained(obj: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
+    """What `llmlaunch status -o json` prints: the summary plus jobs.explain's pods, events and progress."""
+    return {**summary(obj), **{k: details[k] for k in ("pods", "events", "progress", "unavailable")}}
+
+
 def describe(s: dict[str, Any]) -> str:
-    """The human form of a summary."""
+    """The human form of a summary (with its pods, events and progress when it has them)."""
     lines = [
         f"name:       {s['name']}",
         f"namespace:  {s['namespace']}",
@@ -86,4 +93,12 @@ def describe(s: dict[str, Any]) -> str:
         for c in s["conditions"]:
             lines.append(f"  {c['type']:<11} {c['status']:<6} {c['lastTransitionTime'] or '-':<21} "
                          f"{c['reason'] or ''}: {c['message'] or ''}".rstrip(": "))
+    if "pods" in s:
+        lines += ["pods:", *pod_status.describe_pods(s["pods"])] if s["pods"] else ["pods:       none yet"]
+    if s.get("events"):
+        lines += ["warnings:   (latest Warning events, oldest first)", *pod_status.describe_events(s["events"])]
+    if s.get("progress"):
+        lines.append(f"progress:   {train_progress.describe(s['progress'])} (pod {s['progress']['pod']})")
+    for part, reason in sorted((s.get("unavailable") or {}).items()):
+        lines.append(f"{part}: not shown: {reason}")
     return "\n".join(lines)

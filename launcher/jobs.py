@@ -1,4 +1,4 @@
-"""Job operations on a cluster: submit (all or nothing), wait, find, delete, pick a node's pod.
+"""Job operations on a cluster: submit (all or nothing), wait, find, explain, delete, pick a node's pod.
 
 Each takes a kube.Cluster and raises KubeError with one line naming the object and the reason.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from launcher import job_status, names, ownership
+import yaml
+
+from launcher import job_status, names, ownership, pod_status, train_progress
 from launcher.kube import JOB_KINDS, KINDS, Cluster, Kind, KubeError
 
 Echo = Callable[[str], None]
@@ -180,3 +182,68 @@ def node_pod(cluster: Cluster, kind: Kind, job: dict[str, Any], node: int) -> di
         raise KubeError(f"job {meta['namespace']}/{meta['name']} has no pod for node {node} yet (job state {state}); "
                         "the operator creates pods once the job is admitted")
     return max(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
+
+
+def explain(cluster: Cluster, kind: Kind, job: dict[str, Any]) -> dict[str, Any]:
+    """What `status` shows besides the conditions: the job's pods, the latest Warning events of the job, its
+    pods and their claims, and, while the master pod runs, the training progress from its /metrics (through
+    the apiserver's pod proxy). A part that cannot be read is named in `unavailable`; the rest still shows."""
+    meta = job["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    out: dict[str, Any] = {"pods": [], "events": [], "progress": None, "unavailable": {}}
+    pods: list[dict[str, Any]] = []
+    try:
+        pods = cluster.list(KINDS["Pod"], ns, names.job_pods_selector(kind.kind, name))
+    except KubeError as e:
+        out["unavailable"]["pods"] = str(e)
+    out["pods"] = pod_status.pod_rows(pods)
+    objects = {(kind.kind, name), *(("Pod", p["metadata"]["name"]) for p in pods),
+               *(("PersistentVolumeClaim", c) for c in pod_status.claims_of(pods)),
+               # a TrainJob's pods belong to Jobs of its JobSet: their events explain missing pods
+               *((r["kind"], r["name"]) for p in pods for r in p["metadata"].get("ownerReferences") or [])}
+    if kind.kind == "TrainJob":
+        objects.add(("JobSet", name))
+    try:
+        out["events"] = pod_status.warning_events(cluster.list(KINDS["Event"], ns, field_selector="type=Warning"),
+                                                  objects)
+    except KubeError as e:
+        out["unavailable"]["events"] = str(e)
+    master = _running_master(kind, job, pods)
+    if master is not None:
+        pod = master["metadata"]["name"]
+        try:
+            out["progress"] = {"pod": pod, **_progress(cluster, ns, name, master)}
+        except (KubeError, train_progress.MetricsTextError) as e:
+            # The trainer serves /metrics once its setup (model, data, DeepSpeed) is done.
+            starting = " (the trainer serves them once its setup is done)" if "connection refused" in str(e) else ""
+            out["unavailable"]["progress"] = f"cannot read the metrics of pod {ns}/{pod}{starting}: {e}"
+    return out
+
+
+def _running_master(kind: Kind, job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The running pod of node 0: rank 0 lives there, and only it exports the loss and throughput."""
+    elastic = bool((job.get("spec") or {}).get("elasticPolicy"))
+    labels = names.node_pod_labels(kind.kind.lower(), job["metadata"]["name"], 0, elastic)
+    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"
+               and not p["metadata"].get("deletionTimestamp")
+               and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())]
+    return max(running, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+
+
+def _progress(cluster: Cluster, ns: str, job: str, pod: dict[str, Any]) -> dict[str, Any]:
+    ports = [port["containerPort"] for c in pod["spec"]["containers"] for port in c.get("ports") or []
+             if port.get("name") == "metrics"]
+    if not ports:
+        raise KubeError("it has no container port named metrics (train.metrics.enabled is false)")
+    text = cluster.pod_proxy_get(ns, pod["metadata"]["name"], ports[0], "metrics")
+    return train_progress.progress(text, _max_steps(cluster, ns, job))
+
+
+def _max_steps(cluster: Cluster, ns: str, job: str) -> int | None:
+    """run.max_steps of the train.yaml the job's pods read (its ConfigMap, from submit or the chart)."""
+    for config in cluster.list(KINDS["ConfigMap"], ns, names.selector(job)):
+        text = (config.get("data") or {}).get("train.yaml")
+        if text:
+            run = (yaml.safe_load(text) or {}).get("run") or {}
+            return run.get("max_steps")
+    return None

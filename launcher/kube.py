@@ -39,6 +39,7 @@ KINDS = {k.kind: k for k in (
     Kind("ConfigMap", "", "v1", "configmaps"),
     Kind("PersistentVolumeClaim", "", "v1", "persistentvolumeclaims"),
     Kind("Pod", "", "v1", "pods"),
+    Kind("Event", "", "v1", "events"),
     Kind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies"),
     Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors",
          "install the Prometheus operator (kube-prometheus-stack), or set cluster.monitoring.pod_monitor: false"),
@@ -100,13 +101,15 @@ class Cluster:
     # -- raw requests ---------------------------------------------------------------------------
 
     def request(self, method: str, path: str, query: dict | None = None, body: Any = None,
-                content_type: str = "application/json", stream: bool = False, timeout=TIMEOUT):
-        """One API call; returns the decoded JSON (or the raw response when stream=True)."""
+                content_type: str = "application/json", stream: bool = False, timeout=TIMEOUT,
+                accept: str = "application/json"):
+        """One API call; returns the decoded JSON (the text when `accept` asks for another type, the raw
+        response when stream=True)."""
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
         url_path = path + ("?" + urlencode(query) if query else "")
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         _, url, headers, body, _ = self.api.param_serialize(method, url_path, header_params=headers, body=body,
@@ -120,6 +123,8 @@ class Cluster:
         if stream:
             return response.response
         data = response.read()
+        if accept != "application/json":
+            return data.decode(errors="replace")
         return json.loads(data) if data else {}
 
     # -- objects ---------------------------------------------------------------------------------
@@ -153,9 +158,10 @@ class Cluster:
                 return None
             raise
 
-    def list(self, kind: Kind, namespace: str | None, selector: str | None = None) -> list[dict]:
-        query = {"labelSelector": selector} if selector else None
-        return self.request("GET", kind.path(namespace), query).get("items", [])
+    def list(self, kind: Kind, namespace: str | None, selector: str | None = None,
+             field_selector: str | None = None) -> list[dict]:
+        query = {k: v for k, v in (("labelSelector", selector), ("fieldSelector", field_selector)) if v}
+        return self.request("GET", kind.path(namespace), query or None).get("items", [])
 
     def delete(self, kind: Kind, namespace: str, name: str) -> None:
         # Background: the operator's pods and services go with the job, through their owner references.
@@ -168,6 +174,11 @@ class Cluster:
         """Write a job's status subresource (what the operator does; the tests use it in its place)."""
         return self.request("PATCH", kind.path(namespace, name) + "/status", body={"status": status},
                             content_type="application/merge-patch+json")
+
+    def pod_proxy_get(self, namespace: str, pod: str, port: int, path: str) -> str:
+        """GET http://POD:PORT/PATH through the apiserver's pod proxy (RBAC: get pods/proxy); the body as text."""
+        proxied = f"{KINDS['Pod'].path(namespace, pod)}:{port}/proxy/{path.lstrip('/')}"
+        return self.request("GET", proxied, accept="text/plain")
 
     def log_stream(self, namespace: str, pod: str, container: str, follow: bool, tail: int | None) -> Iterator[bytes]:
         query: dict[str, Any] = {"container": container, "follow": "true" if follow else "false"}

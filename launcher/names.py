@@ -104,6 +104,11 @@ def check_names(spec: JobSpec) -> None:
             ])
 
 
+def job_pods_selector(kind: str, job: str) -> str:
+    """Label selector of every pod the operator made for a job (kind: PyTorchJob or TrainJob)."""
+    return f"{JOBSET_NAME_LABEL if kind == 'TrainJob' else PYTORCHJOB_JOB_LABEL}={job}"
+
+
 def node_pod_labels(spec_api: str, job: str, node: int, elastic: bool) -> dict[str, str]:
     """Operator labels of the pod running node `node` (0 = master) of a job."""
     if spec_api == "trainjob":

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.fixtures.control_plane import ControlPlane
-from trainjobs import DATA, llmlaunch
+from tests.fixtures.control_plane import USER, ControlPlane
+from trainer_v23 import kubectl_binary
+from trainjobs import DATA, REPO, llmlaunch
 
 POD_UID = POD_GID = 10001  # cluster.security's defaults, and the Dockerfile's user
 STORAGE_CLASS = "llmlaunch-test"  # static binding: PVs and claims meet by class name, no provisioner
@@ -77,6 +78,16 @@ def job_file(tmp: Path, name: str, namespace: str, image: str, storage: dict, **
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path
+
+
+def bind_user_to_the_role(plane: ControlPlane, namespace: str) -> None:
+    """alice (control_plane.user_kubeconfig) bound only to helm/llmlaunch/rbac/role.yaml, applied with kubectl."""
+    kubectl = [kubectl_binary(), f"--kubeconfig={plane.kubeconfig}"]
+    for args in (["apply", "-n", namespace, "-f", str(REPO / "helm" / "llmlaunch" / "rbac" / "role.yaml")],
+                 ["create", "rolebinding", f"{USER}-llmlaunch", "-n", namespace, "--role=llmlaunch-user",
+                  f"--user={USER}"]):
+        out = subprocess.run([*kubectl, *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
 
 
 def cli(plane: ControlPlane, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

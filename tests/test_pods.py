@@ -27,8 +27,8 @@ import pytest
 
 from cluster_dns import ClusterDNS
 from images import build_all
-from node_jobs import (POD_UID, STORAGE_CLASS, cli, create_claim, create_volume, host_volume, job_file, job_pods,
-                       podmonitor_scrape_config, running_container, wait_for)
+from node_jobs import (POD_UID, STORAGE_CLASS, bind_user_to_the_role, cli, create_claim, create_volume, host_volume,
+                       job_file, job_pods, podmonitor_scrape_config, running_container, wait_for)
 from operator_standin import PyTorchJobOperator
 from tests.fixtures.control_plane import ControlPlane
 from tests.fixtures.node import POD_SUBNET, Node
@@ -49,8 +49,10 @@ class PodCluster:
     image: str
     tmp: Path
 
-    def status(self, name: str) -> dict:
-        result = cli(self.plane, "status", name, "-n", self.namespace, "-o", "json")
+    def status(self, name: str, as_user: bool = False) -> dict:
+        """`status -o json` as the admin, or as_user: as alice, bound only to the llmlaunch-user Role."""
+        kubeconfig = ["--kubeconfig", str(self.plane.user_kubeconfig)] if as_user else []
+        result = cli(self.plane, "status", name, "-n", self.namespace, "-o", "json", *kubeconfig)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
@@ -71,6 +73,7 @@ def cluster(control_plane, node, tmp_path_factory):
     for archive in (images["trainer_archive"], images["init_archive"]):
         node.import_image(archive)
     namespace = control_plane.create_namespace("pods")
+    bind_user_to_the_role(control_plane, namespace)
     with ClusterDNS(control_plane, node.ip, tmp / "dns", domain=node.domain), \
             PyTorchJobOperator(control_plane, namespace, init_image=images["init"]):
         yield PodCluster(control_plane, node, namespace, images["trainer"], tmp)
@@ -110,6 +113,16 @@ def test_a_rendered_job_trains_to_the_end_in_real_pods(cluster):
         # rank 0's pod alone, so that summing over pods counts nothing twice (docs/monitoring.md).
         prom.wait_for('count(count by (pod) (llmlaunch_train_step > 0)) == 2', timeout=300)
         prom.wait_for('llmlaunch_train_loss > 0', timeout=60)
+        # `status` reads the master's /metrics through the apiserver's pod proxy, here as a user bound only
+        # to the llmlaunch-user Role (its pods/proxy rule), and totals the steps from the job's train.yaml.
+        explained = cluster.status("pods-a", as_user=True)
+        progress = explained["progress"]
+        assert explained["unavailable"] == {} and [p["phase"] for p in explained["pods"]] == ["Running"] * 2, explained
+        assert progress["pod"] == "pods-a-master-0" and progress["total"] == 40 and 0 < progress["step"] <= 40, progress
+        assert progress["loss"] > 0 and progress["tokens_per_second"] > 0 and progress["eta_seconds"] >= 0, progress
+        text = cli(plane, "status", "pods-a", "-n", ns).stdout
+        (tmp / "status-running.txt").write_text(text)
+        assert "progress:   step " in text and " / 40 (" in text and "(pod pods-a-master-0)" in text, text
         stepping = {r["metric"]["pod"]: r["metric"]["instance"] for r in prom.query("llmlaunch_train_step")}
         assert stepping == {name: f"{ip}:9400" for name, ip in ips.items()}, stepping
         assert {r["metric"]["rank"] for r in prom.query("llmlaunch_rank_step_seconds")} == {"0", "1"}

@@ -1,10 +1,12 @@
 """Least privilege, against the real apiserver's RBAC authorizer (--authorization-mode=RBAC).
 
 alice is bound only to helm/llmlaunch/rbac/role.yaml (the Role docs/cluster.md gives), applied with the real
-kubectl: submit (with its owner patches), status, list, delete work; `list -A` is refused until the
-ClusterRole of rbac/clusterrole.yaml is bound too. nobody, bound to nothing, gets one line per command that
-names the verb and the resource, and exit 1. `logs` as alice is not run here: a pod whose log can be read
-needs the real node (tests/fixtures/node.py); the Role's pods list + pods/log rules are not exercised yet.
+kubectl: submit (with its owner patches), status (with the job's pods and Warning events), list, delete work;
+`list -A` is refused until the ClusterRole of rbac/clusterrole.yaml is bound too. nobody, bound to nothing,
+gets one line per command that names the verb and the resource, and exit 1. `logs` as alice is not run here:
+a pod whose log can be read needs the real node (tests/fixtures/node.py), where alice runs `status` of pending
+jobs (tests/test_status_pods.py) and of a training one, whose progress needs the pods/proxy rule
+(tests/test_pods.py); the pods/log rule is not exercised yet.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from launcher.cli import cli
+from node_jobs import bind_user_to_the_role
 from tests.fixtures.control_plane import USER
 from trainer_v23 import kubectl_binary
 
@@ -38,11 +41,6 @@ def kubectl(plane, *args: str) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def bind_user_to_the_role(plane, ns: str) -> None:
-    kubectl(plane, "apply", "-n", ns, "-f", str(RBAC / "role.yaml"))
-    kubectl(plane, "create", "rolebinding", f"{USER}-llmlaunch", "-n", ns, "--role=llmlaunch-user", f"--user={USER}")
-
-
 def test_a_user_bound_to_the_role_runs_every_command(control_plane):
     ns = control_plane.create_namespace("rbac")
     bind_user_to_the_role(control_plane, ns)
@@ -53,7 +51,10 @@ def test_a_user_bound_to_the_role_runs_every_command(control_plane):
         assert "owned by" in submitted.stdout
     status = run(alice, "status", "tiny", "-n", ns, "-o", "json")
     assert status.exit_code == 0, status.output
-    assert json.loads(status.stdout)["state"] == "Pending"
+    explained = json.loads(status.stdout)
+    # The Role lets status read the job's pods and Warning events (none yet: no operator runs here).
+    assert (explained["state"], explained["pods"], explained["events"], explained["unavailable"]) == \
+        ("Pending", [], [], {})
     listed = run(alice, "list", "-n", ns, "-o", "json")
     assert listed.exit_code == 0 and [r["name"] for r in json.loads(listed.stdout)] == ["tiny", "tj"]
 
