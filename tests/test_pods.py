@@ -37,7 +37,10 @@ from trainjobs import DATA, REPO, llmlaunch_env, losses
 
 pytestmark = pytest.mark.pods
 
-RUN = {"max_steps": 40, "save_every": 10, "eval_every": 20, "keep_last": 5, "max_restarts": 3}
+# Long enough that `status` catches the job mid-run on a fast machine; every checkpoint kept.
+RUN = {"max_steps": 60, "save_every": 10, "eval_every": 20, "keep_last": 8, "max_restarts": 3}
+STEPS = RUN["max_steps"]
+SAVES = set(range(RUN["save_every"], STEPS + 1, RUN["save_every"]))
 JOB_TIMEOUT = 600  # seconds from submit to Succeeded, restarts included, on a busy 2-core machine
 
 
@@ -118,11 +121,11 @@ def test_a_rendered_job_trains_to_the_end_in_real_pods(cluster):
         explained = cluster.status("pods-a", as_user=True)
         progress = explained["progress"]
         assert explained["unavailable"] == {} and [p["phase"] for p in explained["pods"]] == ["Running"] * 2, explained
-        assert progress["pod"] == "pods-a-master-0" and progress["total"] == 40 and 0 < progress["step"] <= 40, progress
+        assert progress["pod"] == "pods-a-master-0" and progress["total"] == STEPS and 0 < progress["step"] <= STEPS, progress
         assert progress["loss"] > 0 and progress["tokens_per_second"] > 0 and progress["eta_seconds"] >= 0, progress
         text = cli(plane, "status", "pods-a", "-n", ns).stdout
         (tmp / "status-running.txt").write_text(text)
-        assert "progress:   step " in text and " / 40 (" in text and "(pod pods-a-master-0)" in text, text
+        assert "progress:   step " in text and f" / {STEPS} (" in text and "(pod pods-a-master-0)" in text, text
         stepping = {r["metric"]["pod"]: r["metric"]["instance"] for r in prom.query("llmlaunch_train_step")}
         assert stepping == {name: f"{ip}:9400" for name, ip in ips.items()}, stepping
         assert {r["metric"]["rank"] for r in prom.query("llmlaunch_rank_step_seconds")} == {"0", "1"}
@@ -145,13 +148,13 @@ def test_a_rendered_job_trains_to_the_end_in_real_pods(cluster):
     assert [(r["name"], r["state"]) for r in json.loads(listed.stdout)] == [("pods-a", "Succeeded")]
 
     out = volume / "runs" / "pods-a"
-    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == [f"step-{s:06d}" for s in (10, 20, 30, 40)]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == [f"step-{s:06d}" for s in sorted(SAVES)]
     assert (out / "final" / "model.safetensors").stat().st_uid == POD_UID
-    assert sorted(losses(out)) == list(range(1, 41))
+    assert sorted(losses(out)) == list(range(1, STEPS + 1))
     _assert_loads_with_plain_transformers(out / "final")
     for pod in job_pods(plane, ns, "pods-a").values():
         _assert_ran_as_rendered(cluster.node, pod)
-    cluster.note("a", pod_ips=ips, final_loss=losses(out)[40], exit_codes=_exit_codes(job_pods(plane, ns, "pods-a")))
+    cluster.note("a", pod_ips=ips, final_loss=losses(out)[STEPS], exit_codes=_exit_codes(job_pods(plane, ns, "pods-a")))
 
 
 def _assert_loads_with_plain_transformers(final: Path) -> None:
@@ -216,21 +219,21 @@ def test_b_faults_on_the_node_end_where_the_uninterrupted_job_ends(cluster):
 
     assert cluster.wait_state("pods-b", "Succeeded")["replicas"]["Master"]["succeeded"] == 1
     out, reference = volume / "runs" / "pods-b", tmp / "volume-a" / "runs" / "pods-a"
-    emergency = sorted({int(p.name[5:]) for p in (out / "checkpoints").glob("step-*")} - {10, 20, 30, 40})
-    assert len(emergency) == 1 and 13 <= emergency[0] < 40, emergency
+    emergency = sorted({int(p.name[5:]) for p in (out / "checkpoints").glob("step-*")} - SAVES)
+    assert len(emergency) == 1 and 13 <= emergency[0] < STEPS, emergency
     assert json.loads((out / "checkpoints" / f"step-{emergency[0]:06d}" / "COMPLETE").read_text())["step"] == emergency[0]
     master_log = cli(plane, "logs", "pods-b", "-n", ns).stdout
     assert f"(step {emergency[0]})" in master_log and recreated["metadata"]["name"] == "pods-b-master-0", master_log[-3000:]
 
     got, want = losses(out), losses(reference)
-    assert sorted(got) == sorted(want) == list(range(1, 41))
+    assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
     assert max(abs(got[s] - want[s]) for s in want) <= 1e-6, {s: (got[s], want[s]) for s in want if got[s] != want[s]}
     from safetensors.torch import load_file
 
     a, b = load_file(reference / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     for name in a:
         assert (a[name] - b[name]).abs().max().item() <= 1e-6, name
-    cluster.note("b", emergency_step=emergency[0], final_loss=got[40], reference_final_loss=want[40],
+    cluster.note("b", emergency_step=emergency[0], final_loss=got[STEPS], reference_final_loss=want[STEPS],
                  worker_restarts=_restarts(job_pods(plane, ns, "pods-b")["pods-b-worker-0"]),
                  pod_ips={n: p["status"]["podIP"] for n, p in job_pods(plane, ns, "pods-b").items()})
 
