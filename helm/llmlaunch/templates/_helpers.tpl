@@ -49,8 +49,9 @@ null
 {{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name) -}}
 {{- fail (printf "name: %q must start with a letter and hold only lowercase letters, digits and '-' (Kubernetes services are named after it); set the value name" $name) -}}
 {{- end -}}
-{{- if gt (len $name) 40 -}}
-{{- fail (printf "name: %q has %d characters, at most 40 fit the names the operators derive from it; set the value name" $name (len $name)) -}}
+{{- $max := int (include "llmlaunch.const.maxNameLength" .) -}}
+{{- if gt (len $name) $max -}}
+{{- fail (printf "name: %q has %d characters, at most %d fit the names the operators derive from it; set the value name" $name (len $name) $max) -}}
 {{- end -}}
 {{- $name -}}
 {{- end -}}
@@ -137,17 +138,17 @@ annotations:
 {{- end -}}
 {{- $nnodes := printf "%d" (int $v.nodes) -}}
 {{- /* train.run.max_restarts; 3 is TrainConfig's default, for a hand-written trainYaml without it */ -}}
-{{- $maxRestarts := int (dig "run" "max_restarts" 3 (fromYaml $v.config.trainYaml)) -}}
+{{- $maxRestarts := int (dig "run" "max_restarts" (int (include "llmlaunch.const.defaultMaxRestarts" .)) (fromYaml $v.config.trainYaml)) -}}
 {{- if $v.elastic -}}
 {{- $nnodes = printf "%d:%d" (int $v.elastic.minNodes) (int $v.elastic.maxNodes) -}}
-{{- $maxRestarts = int (dig "maxRestarts" 3 $v.elastic) -}}
+{{- $maxRestarts = int (dig "maxRestarts" (int (include "llmlaunch.const.defaultElasticMaxRestarts" .)) $v.elastic) -}}
 {{- end -}}
 {{- $cmd = concat $cmd (list "torchrun" (printf "--nnodes=%s" $nnodes) (printf "--nproc-per-node=%s" (include "llmlaunch.procsPerNode" .)) "--rdzv-backend=c10d") -}}
 {{- if not $v.elastic -}}
 {{- $endpoint := ternary "$(PET_MASTER_ADDR):$(PET_MASTER_PORT)" "$(MASTER_ADDR):$(MASTER_PORT)" (eq $v.api "trainjob") -}}
 {{- $cmd = append $cmd (printf "--rdzv-endpoint=%s" $endpoint) -}}
 {{- end -}}
-{{- $cmd = concat $cmd (list (printf "--max-restarts=%d" $maxRestarts) "-m" "trainer" "--config" "/etc/llmlaunch/train.yaml") -}}
+{{- $cmd = concat $cmd (list (printf "--max-restarts=%d" $maxRestarts) "-m" "trainer" "--config" (include "llmlaunch.const.configPath" .)) -}}
 {{- toJson $cmd -}}
 {{- end -}}
 
@@ -208,7 +209,7 @@ annotations:
 {{- define "llmlaunch.volumes" -}}
 {{- $v := .Values -}}
 {{- $name := include "llmlaunch.name" . -}}
-{{- $out := list (dict "name" "config" "source" (dict "configMap" (dict "name" (printf "%s-config" $name))) "path" "/etc/llmlaunch" "readOnly" true) -}}
+{{- $out := list (dict "name" "config" "source" (dict "configMap" (dict "name" (printf "%s-config" $name))) "path" (include "llmlaunch.const.configDir" .) "readOnly" true) -}}
 {{- $out = append $out (dict "name" "scratch" "source" (dict "emptyDir" dict) "path" "/tmp") -}}
 {{- with $v.resources.shmSize -}}
 {{- $out = append $out (dict "name" "shm" "source" (dict "emptyDir" (dict "medium" "Memory" "sizeLimit" (toString .))) "path" "/dev/shm") -}}

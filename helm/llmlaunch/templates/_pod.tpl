@@ -44,7 +44,7 @@ spec:
       ports:
         {{- if ne $v.api "trainjob" }}
         - name: "pytorchjob-port"
-          containerPort: 23456
+          containerPort: {{ include "llmlaunch.const.pytorchjobPort" . }}
           protocol: "TCP"
         {{- end }}
         {{- if $metrics.enabled }}
@@ -130,7 +130,7 @@ capabilities:
 
 {{/* The operators inject PET_* only into the container with this name. */}}
 {{- define "llmlaunch.containerName" -}}
-{{- ternary "node" "pytorch" (eq .Values.api "trainjob") -}}
+{{- ternary (include "llmlaunch.const.trainjobContainer" .) (include "llmlaunch.const.pytorchjobContainer" .) (eq .Values.api "trainjob") -}}
 {{- end -}}
 
 {{/* Tolerations (JSON list) with the unset fields left out. */}}

@@ -38,7 +38,7 @@ ClusterSpec applies to a job file). Each message names the value to change.
 {{- end -}}
 {{- end -}}
 {{- $metrics := include "llmlaunch.metrics" . | fromJson -}}
-{{- if and $metrics.enabled (has (int $metrics.port) (list 23456 29400)) -}}
+{{- if and $metrics.enabled (has (int $metrics.port) (list (int (include "llmlaunch.const.pytorchjobPort" .)) (int (include "llmlaunch.const.trainjobPort" .)))) -}}
 {{- fail (printf "config.trainYaml: metrics.port %d is a rendezvous port of the training operators; choose another" (int $metrics.port)) -}}
 {{- end -}}
 {{- include "llmlaunch.validateDsConfig" . -}}
