@@ -20,9 +20,10 @@ import signal
 import socket
 import struct
 import subprocess
-import threading
 import time
 from pathlib import Path
+
+from poller import Poller
 
 
 def query(server: str, name: str, port: int = 53, qtype: int = 1, timeout: float = 2.0) -> tuple[int, list[str]]:
@@ -80,7 +81,7 @@ def records_from(services: list[dict], endpoints: list[dict], domain: str) -> di
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
-class ClusterDNS:
+class ClusterDNS(Poller):
     """dnsmasq on listen_ip:port serving the headless Services of every namespace of `plane` (ControlPlane.api)."""
 
     def __init__(self, plane, listen_ip: str, state_dir, domain: str = "cluster.local", port: int = 53,
@@ -92,8 +93,6 @@ class ClusterDNS:
         self.errors: list[str] = []
         self.reloads = 0
         self.proc: subprocess.Popen | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> "ClusterDNS":
         dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
@@ -122,16 +121,11 @@ class ClusterDNS:
                     self.stop()
                     raise RuntimeError(f"dnsmasq on {self.listen_ip}:{self.port} did not answer in 20 s") from None
         self.refresh()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="cluster-dns", daemon=True)
-        self._thread.start()
+        self.start_polling("cluster-dns")
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self.stop_polling()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()  # by PID
             try:
@@ -140,18 +134,11 @@ class ClusterDNS:
                 self.proc.kill()
                 self.proc.wait()
 
-    def __enter__(self) -> "ClusterDNS":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.refresh()
-            except Exception as e:  # noqa: BLE001 - keep serving the last names, as CoreDNS does when the API fails
-                self.errors.append(str(e))
+    def poll(self) -> None:
+        try:
+            self.refresh()
+        except Exception as e:  # noqa: BLE001 - keep serving the last names, as CoreDNS does when the API fails
+            self.errors.append(str(e))
 
     def refresh(self) -> bool:
         """Read Services and Endpoints once; rewrite the hosts file and reload dnsmasq if the names changed."""

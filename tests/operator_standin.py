@@ -17,10 +17,10 @@ beyond skipping such jobs, and leader election. Replica types are visited Master
 from __future__ import annotations
 
 import copy
-import threading
 import time
 import urllib.parse
 
+from poller import Poller
 from operator_standin_specs import (INIT_IMAGE_DEFAULT, INIT_MAX_TRIES_DEFAULT, apply_defaults, gen_labels, new_pod,
                                     new_service, replica_types)
 from operator_standin_status import (by_index, count_pod, exit_code, is_active, is_finished, is_true, normalised,
@@ -29,7 +29,7 @@ from operator_standin_status import (by_index, count_pod, exit_code, is_active, 
 MANAGED_BY_DEFAULT = "kubeflow.org/training-operator"  # pkg/apis/kubeflow.org/v1/common_types.go
 
 
-class PyTorchJobOperator:
+class PyTorchJobOperator(Poller):
     """Reconciles the PyTorchJobs of `namespace` through `plane.api(method, path, body)` (ControlPlane.api)."""
 
     def __init__(self, plane, namespace: str, init_image: str = INIT_IMAGE_DEFAULT,
@@ -40,32 +40,18 @@ class PyTorchJobOperator:
         self.errors: list[str] = []   # reconcile errors (the real operator logs them and requeues)
         self.written: list[dict] = []  # every status written, in order
         self._created_uids: set[str] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ---
     def start(self) -> "PyTorchJobOperator":
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"pytorchjob-operator-{self.namespace}", daemon=True)
-        self._thread.start()
+        self.reconcile_all()
+        self.start_polling(f"pytorchjob-operator-{self.namespace}")
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self.stop_polling()
 
-    def __enter__(self) -> "PyTorchJobOperator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.reconcile_all()
-            self._stop.wait(self.interval)
+    def poll(self) -> None:
+        self.reconcile_all()
 
     # --- API paths ---
     def _jobs_path(self, name: str = "") -> str:
