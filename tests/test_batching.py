@@ -136,6 +136,19 @@ def test_workers_build_the_same_grouped_batches():
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_loader_workers_are_not_forks_of_the_trainer():
+    """A fork of the multi-threaded trainer can inherit a lock another thread held (a metrics scrape) and hang
+    for good; workers come from a single-threaded forkserver instead, so their parent is not this process."""
+    import os
+
+    batches = grouped_data(LENGTHS[:200], workers=1).iter_batches(0, 0, rank=0, world_size=1, micro_batch_size=4,
+                                                                  seed=3)
+    first = next(batches)
+    worker = batches._workers[0]
+    parent = int(open(f"/proc/{worker.pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    assert parent != os.getpid() and first["input_ids"].shape[0] == 4
+
+
 def test_build_data_groups_training_batches_only(tmp_path):
     cfg = TrainConfig.model_validate({
         "model": {"config": {"model_type": "llama", "vocab_size": 512}, "tokenizer": str(ROOT / "examples/data/tokenizer")},

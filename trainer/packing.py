@@ -180,6 +180,7 @@ class TokenData(torch.utils.data.Dataset):
         loader = torch.utils.data.DataLoader(
             _Sequence(self, rows), batch_size=None, shuffle=False, num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(), worker_init_fn=_own_process_group,
+            multiprocessing_context=_loader_context(),
         )
         return iter(loader)
 
@@ -233,6 +234,19 @@ class TokenData(torch.utils.data.Dataset):
         if self.path is not None:
             for name in ARRAYS:
                 setattr(self, name, np.load(self.path / f"{name}.npy", mmap_mode="r"))
+
+
+def _loader_context():
+    """Loader workers come from a forkserver, never by forking the trainer: the trainer has threads (the
+    metrics server answering a scrape, the watchdog, tqdm), and a fork taken while one of them holds a lock
+    leaves the worker blocked on it for good (seen: an eval loader's worker hung at a Prometheus scrape, its
+    rank waited for data, the other rank in all_reduce). The forkserver is single-threaded, with this
+    module (torch, numpy) imported once."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _own_process_group(worker_id: int) -> None:
