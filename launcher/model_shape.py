@@ -87,12 +87,15 @@ def safetensors_params(model_dir: Path) -> int | None:
 def model_config(cfg: TrainConfig) -> tuple[dict[str, Any], Path | None]:
     if cfg.model.config is not None:
         return dict(cfg.model.config), None
-    model_dir = Path(cfg.model.pretrained)
+    from trainer.hub_cache import model_dir as local_model_dir  # torch- and HF-free: a hub id's cached snapshot
+
+    model_dir = local_model_dir(cfg.model.pretrained)
     try:
         return json.loads((model_dir / "config.json").read_text()), model_dir
     except (OSError, ValueError) as e:
         raise ConfigError([f"train.model.pretrained: cannot read {model_dir / 'config.json'} to size the model "
-                           f"({getattr(e, 'strerror', None) or e}); the estimate needs the model directory here"]) from e
+                           f"({getattr(e, 'strerror', None) or e}); the estimate needs the model directory here (or a hub id "
+                           f"in the Hugging Face cache)"]) from e
 
 
 def shape_of(cfg: TrainConfig) -> ModelShape:

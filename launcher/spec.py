@@ -81,7 +81,9 @@ def _resolve_local_paths(data: dict, base: Path) -> None:
         for key in keys:
             value = part.get(key)
             # (a NUL character is left for validation to refuse: resolve() would raise on it)
-            if isinstance(value, str) and value and "\x00" not in value and not Path(value).is_absolute():
+            # (URLs, s3:// and hf:// data, are no paths: they stay as written)
+            if (isinstance(value, str) and value and "\x00" not in value and "://" not in value
+                    and not Path(value).is_absolute()):
                 candidate = base / value
                 # A hub id such as "org/model" stays as written when no such local path exists.
                 if candidate.exists() or key in ("train", "eval", "cache_dir") or value.startswith("."):

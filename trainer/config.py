@@ -102,7 +102,9 @@ class ModelConfig(Section):
             if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
                 raise ValueError(f"model.config.max_position_embeddings must be an integer (got {limit!r})")
             return limit
-        cfg = Path(self.pretrained) / "config.json"
+        from trainer.hub_cache import model_dir
+
+        cfg = model_dir(self.pretrained) / "config.json"  # a hub id: its snapshot in the HF cache, if there
         if cfg.is_file():
             import json
 
@@ -117,8 +119,11 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Where the tokens come from and how they are shaped into sequences."""
 
-    train: PathText = Field(..., description="Training data: a .jsonl/.json, .txt or .parquet file (or a directory of them).")
-    eval: PathText | None = Field(None, description="Held-out data in the same format; enables eval.")
+    train: PathText = Field(..., description="Training data: a .jsonl/.json, .txt or .parquet file (or a directory of "
+                            "them), s3://bucket/key-or-prefix, or hf://datasets/org/name[@revision][/path-or-glob] "
+                            "(the train split's files when no path is given; docs/data.md).")
+    eval: PathText | None = Field(None, description="Held-out data in the same format (a hub data set without a path: "
+                                  "its validation split, else test); enables eval.")
     eval_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="When `eval` is empty: hold out this fraction of `train` for eval."
     )
@@ -140,6 +145,15 @@ class DataConfig(Section):
         None, description="Where tokenized data is cached; defaults to <output_dir>/cache."
     )
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _known_source(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            from trainer.remote_urls import check_data_url
+
+            check_data_url(value)
+        return value
 
 
 def _target_modules(value: Any) -> list[str] | str:
@@ -226,6 +240,11 @@ class RunConfig(Section):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     log_every: int = Field(10, ge=1, description="Log metrics every N steps (each log synchronises the device).")
     seed: int = Field(1234, description="Seeds init, data order and dropout.")
+    checkpoint_mirror: PathText | None = Field(
+        None, description="s3://bucket[/prefix]: rank 0 uploads each complete checkpoint there (pruned like the local "
+        "ones); a start that finds no local checkpoint resumes from the newest complete one there. Credentials from "
+        "the environment (cluster.secrets), never the job file.",
+    )
     resume: bool = Field(True, description="Resume from the latest complete checkpoint in output_dir.")
     max_restarts: int = Field(
         3, ge=0, description="Times the group is restarted after a rank or node dies (torchrun --max-restarts; "
@@ -235,6 +254,15 @@ class RunConfig(Section):
         1800, ge=0, description="Fail when no step, eval or checkpoint finishes for this long, naming the rank "
         "that holds the others up (0 = never). Keep it above the slowest of the three.",
     )
+
+    @field_validator("checkpoint_mirror")
+    @classmethod
+    def _mirror_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            from trainer.remote_urls import check_mirror_url
+
+            check_mirror_url(value)
+        return value
 
     @model_validator(mode="after")
     def _length(self) -> RunConfig:

@@ -27,6 +27,7 @@ import numpy as np
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.data_sources import DataError, data_files, field_values, files_digest, read_records, split_eval
+from trainer.remote_sources import local_source
 from trainer.packing import TokenData, for_attention, pack_documents, pad_documents
 
 __all__ = ["DataError", "TokenData", "build_data", "for_attention", "load_tokenizer", "tokenize_chat", "tokenize_texts"]
@@ -143,7 +144,7 @@ def build_data(cfg: TrainConfig, tokenizer, *, split: str, packing: bool, cache_
     if split == "eval" and data.eval is None and not held_out:
         return None
     key, path = ("data.eval", data.eval) if split == "eval" and data.eval else ("data.train", data.train)
-    builder, files = data_files(path, key)
+    builder, files = data_files(local_source(path, key, Path(cache_dir), split), key)  # s3:// and hf:// fetched first
     if data.format == "chat" and builder == "text":
         raise DataError(f"{key}: data.format chat needs records with a {data.messages_field!r} field "
                         f"(jsonl, json or parquet), not text files")

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from trainer import checkpoint, resume
+from trainer import checkpoint, checkpoint_mirror, resume
+from trainer.checkpoint_mirror import Mirror
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import build_data, for_attention, load_tokenizer
 from trainer.engine import Topology, init_distributed, load_ds_config, make_engine
@@ -43,6 +44,9 @@ class Trainer:
         per_epoch = self.train_data.batches_per_epoch(cfg.run.micro_batch_size, self.topo.world_size)
         self.steps_per_epoch = max(1, per_epoch // cfg.run.grad_accum)
         self.total_steps = cfg.run.max_steps or math.ceil(cfg.run.epochs * self.steps_per_epoch)
+        self.mirror = Mirror(cfg.run.checkpoint_mirror) if cfg.run.checkpoint_mirror else None
+        if cfg.run.resume:  # an empty output directory (a new volume) resumes from the mirror
+            checkpoint_mirror.restore(self.mirror, self.ckpt_root, self.topo.rank)
         # Before the engine exists: a checkpoint from another world size changes the DeepSpeed config.
         found = resume.find(self.ckpt_root, self.ds_config) if cfg.run.resume else None
         self.model = build_model(cfg, self.ds_config)
@@ -205,4 +209,6 @@ class Trainer:
         else:
             self.failed_saves = 0
             self.runlog.checkpoint(self.state, seconds)
+            checkpoint_mirror.push_after_save(self.mirror, self.ckpt_root, checkpoint.step_dir(self.ckpt_root, self.state.step),
+                                              self.topo.is_main)
         self.watchdog.beat(self.state.step)

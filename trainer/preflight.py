@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 
 from trainer.config import ConfigError, TrainConfig
+from trainer import hub_cache
 from trainer.ds_config import resolve_precision
+from trainer.remote_sources import check_remote, is_remote
 
 
 def data_files(path: str, key: str) -> list[Path]:
@@ -39,6 +41,9 @@ def check_data(cfg: TrainConfig) -> None:
     for key, path in (("train.data.train", cfg.data.train), ("train.data.eval", cfg.data.eval)):
         if path is None:
             continue
+        if is_remote(path):  # exists (s3) or is cached (hub, offline); read once the trainer has fetched it
+            problems += check_remote(path, key)
+            continue
         try:
             files = data_files(path, key)
         except ConfigError as e:
@@ -51,6 +56,9 @@ def check_data(cfg: TrainConfig) -> None:
 
 
 def check_model(cfg: TrainConfig) -> None:
+    for key, name in (("train.model.pretrained", cfg.model.pretrained), ("train.model.tokenizer", cfg.model.tokenizer)):
+        if name and hub_cache.offline() and hub_cache.is_hub_model_id(name) and not hub_cache.cached_snapshot("model", name):
+            raise ConfigError([f"{key}: " + hub_cache.not_cached_message(name, "model", name, None)])
     for key, path in (("train.model.tokenizer", cfg.model.tokenizer),):
         if path and (path.startswith(("/", ".")) or Path(path).exists()) and not Path(path).exists():
             raise ConfigError([f"{key}: {path} does not exist"])
@@ -59,10 +67,18 @@ def check_model(cfg: TrainConfig) -> None:
         raise ConfigError([f"train.model.pretrained: {pretrained} is not a model directory (no config.json)"])
 
 
+def check_mirror(cfg: TrainConfig) -> None:
+    if cfg.run.checkpoint_mirror:
+        from trainer.object_store import check_bucket
+
+        if problems := check_bucket(cfg.run.checkpoint_mirror, "train.run.checkpoint_mirror"):
+            raise ConfigError(problems)
+
+
 def run_preflight(cfg: TrainConfig, world_size: int, has_gpu: bool, gpu_has_bf16: bool = True) -> str:
     """All checks; returns the resolved precision. Raises ConfigError with every problem found."""
     problems = []
-    for check in (check_data, check_model):
+    for check in (check_data, check_model, check_mirror):
         try:
             check(cfg)
         except ConfigError as e:
