@@ -6,7 +6,8 @@ the cache through these path rules only. Downloading is the trainer's (trainer/r
 The layout is huggingface_hub's documented one:
   <cache>/{models,datasets}--org--name/refs/<branch>          the commit a branch points at
   <cache>/{models,datasets}--org--name/snapshots/<commit>/...  the files of that commit (links into blobs/)
-and <cache> is HF_HUB_CACHE, else HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub.
+and <cache> is HF_HUB_CACHE (or the older HUGGINGFACE_HUB_CACHE), else HF_HOME/hub, else
+$XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "huggingface" / "hub"
+    """As huggingface_hub.constants computes it, but now (it reads the environment once, at import)."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return Path(os.path.expandvars(os.environ[name])).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"),
+                                                     "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 
 def offline() -> bool:

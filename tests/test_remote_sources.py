@@ -1,0 +1,180 @@
+"""Remote sources without training: the S3 copy against a real S3 server on loopback (moto's server mode),
+hub names against an HF cache the test writes (HF_HUB_OFFLINE=1, no network), one-line errors (exit 2
+from `llmlaunch train`), and AWS credentials only through cluster.secrets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher import render
+from launcher.model_shape import shape_of
+from launcher.spec import load_job
+from remote_fixtures import add_to_hub_cache, moto_server, s3, s3_env
+from trainer import object_store
+from trainer.config import ConfigError, TrainConfig
+from trainer.remote_sources import local_source, split_files
+from trainjobs import REPO, TINY_MODEL, llmlaunch, tiny_job
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("s3")
+    with moto_server(tmp) as endpoint:
+        yield endpoint, tmp
+
+
+@pytest.fixture
+def s3_environment(server, monkeypatch):
+    endpoint, tmp = server
+    for name, value in s3_env(endpoint, tmp).items():
+        monkeypatch.setenv(name, value)
+    return s3(endpoint, tmp)
+
+
+def test_s3_prefix_is_copied_once_and_then_only_what_changed(tmp_path, s3_environment):
+    fs = s3_environment
+    fs.mkdir("copy-test")
+    fs.pipe("copy-test/corpus/a.jsonl", b'{"text": "one"}\n')
+    fs.pipe("copy-test/corpus/sub/b.jsonl", b'{"text": "two"}\n')
+    fs.pipe("copy-test/corpus/notes.md", b"not data")
+    local = object_store.materialize("s3://copy-test/corpus", "data.train", tmp_path)
+    assert local == tmp_path / "s3" / "copy-test" / "corpus"
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == ["a.jsonl", "sub/b.jsonl"]
+    inodes = {p.name: p.stat().st_ino for p in local.rglob("*.jsonl")}
+
+    again = object_store.materialize("s3://copy-test/corpus", "data.train", tmp_path)  # a restart
+    assert {p.name: p.stat().st_ino for p in again.rglob("*.jsonl")} == inodes  # nothing written again
+
+    fs.pipe("copy-test/corpus/sub/b.jsonl", b'{"text": "two, edited"}\n')
+    fs.rm("copy-test/corpus/a.jsonl")
+    fs.pipe("copy-test/corpus/c.jsonl", b'{"text": "three"}\n')
+    object_store.materialize("s3://copy-test/corpus", "data.train", tmp_path)
+    assert sorted(p.name for p in local.rglob("*.jsonl")) == ["b.jsonl", "c.jsonl"]  # a.jsonl gone with its object
+    assert (local / "sub" / "b.jsonl").read_bytes() == b'{"text": "two, edited"}\n'
+
+    # one object, through the trainer's single entry point
+    fs.pipe("copy-test/one.jsonl", b'{"text": "solo"}\n')
+    single = local_source("s3://copy-test/one.jsonl", "data.eval", tmp_path)
+    assert single == str(tmp_path / "remote" / "s3" / "copy-test" / "one.jsonl")
+
+
+def test_split_files_are_found_by_name_as_datasets_finds_them():
+    assert split_files(["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet",
+                        "data/validation-00000-of-00001.parquet"]) == {
+        "train": ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"],
+        "validation": ["data/validation-00000-of-00001.parquet"]}
+    assert split_files(["train.jsonl", "test.jsonl"]) == {"train": ["train.jsonl"], "test": ["test.jsonl"]}
+    assert split_files(["train/a.jsonl", "dev/b.jsonl"]) == {"train": ["train/a.jsonl"], "validation": ["dev/b.jsonl"]}
+    assert split_files(["corpus.jsonl", "more/x.txt"]) == {"train": ["corpus.jsonl", "more/x.txt"]}
+    # '*' stays inside a folder: a file under a folder named like a split file is not that split
+    assert split_files(["x/train-1/ok.jsonl"]) == {"train": ["x/train-1/ok.jsonl"]}
+
+
+def test_hub_data_selects_the_split_or_the_path(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    commit = add_to_hub_cache(cache, "dataset", "org/set", {
+        "README.md": b"---\n---\n", "data/train-00000-of-00001.jsonl": b'{"text": "a"}\n',
+        "data/test-00000-of-00001.jsonl": b'{"text": "b"}\n', "extra/more.jsonl": b'{"text": "c"}\n'})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+
+    def linked(url, split="train"):
+        folder = local_source(url, "data.train", tmp_path / "cache", split)
+        return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*.jsonl"))
+
+    assert linked("hf://datasets/org/set") == ["data/train-00000-of-00001.jsonl"]
+    assert linked("hf://datasets/org/set", "eval") == ["data/test-00000-of-00001.jsonl"]  # no validation: test
+    assert linked("hf://datasets/org/set/extra") == ["extra/more.jsonl"]
+    assert linked(f"hf://datasets/org/set@{commit}/data/*.jsonl") == ["data/test-00000-of-00001.jsonl",
+                                                                      "data/train-00000-of-00001.jsonl"]
+    with pytest.raises(ConfigError, match=r"^data.train: hf://datasets/org/set/nothing: no .* files match 'nothing'"):
+        local_source("hf://datasets/org/set/nothing", "data.train", tmp_path / "cache")
+    with pytest.raises(ConfigError, match=r"^data.train: hf://datasets/org/gone is not in the Hugging Face cache"):
+        local_source("hf://datasets/org/gone", "data.train", tmp_path / "cache")
+
+
+def test_a_hub_model_id_is_read_from_the_cache_for_its_limits(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    add_to_hub_cache(cache, "model", "org/tiny", {"config.json": json.dumps(TINY_MODEL).encode()})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    train = json.loads(json.dumps(yaml_train(tmp_path)))
+    train["model"] = {"pretrained": "org/tiny"}
+    train["data"]["seq_len"] = 256
+    with pytest.raises(ValueError, match=r"data.seq_len 256 is above the model's limit \(max_position_embeddings 128\)"):
+        TrainConfig.model_validate(train)
+    train["data"]["seq_len"] = 64
+    shape = shape_of(TrainConfig.model_validate(train))  # llmlaunch estimate sizes it from the cache too
+    assert (shape.hidden, shape.layers, shape.vocab) == (64, 2, 512)
+
+
+def yaml_train(tmp_path) -> dict:
+    import yaml
+
+    return yaml.safe_load(tiny_job(tmp_path).read_text())["train"]
+
+
+def one_error(result: subprocess.CompletedProcess) -> str:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, (result.returncode, result.stderr[-3000:])
+    return errors[0]
+
+
+def test_bad_remote_inputs_fail_in_one_line_naming_the_key(tmp_path, server):
+    endpoint, s3_tmp = server
+    fs = s3(endpoint, s3_tmp)
+    fs.mkdir("errors-test")
+    fs.pipe("errors-test/train.jsonl", b'{"text": "a"}\n')
+    env = {**s3_env(endpoint, s3_tmp), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-hub")}
+    cases = [
+        ({"data": {"train": "s3://no-such-bucket-here/x.jsonl"}},
+         "error: train.data.train: s3://no-such-bucket-here/x.jsonl: no such bucket 'no-such-bucket-here'"),
+        ({"data": {"train": "s3://errors-test/missing.jsonl"}},
+         "error: train.data.train: s3://errors-test/missing.jsonl: no such object or prefix"),
+        ({"data": {"train": "s3://errors-test/train.jsonl"}, "run": {"checkpoint_mirror": "s3://no-mirror-bucket/run"}},
+         "error: train.run.checkpoint_mirror: s3://no-mirror-bucket/run: no such bucket 'no-mirror-bucket'"),
+        ({"data": {"train": "hf://datasets/org/not-cached"}},
+         "error: train.data.train: hf://datasets/org/not-cached is not in the Hugging Face cache"),
+        ({"model": {"pretrained": "org/not-cached-model", "config": None, "tokenizer": None}},
+         "error: train.model.pretrained: org/not-cached-model is not in the Hugging Face cache"),
+        ({"data": {"train": "gs://bucket/x.jsonl"}}, "error: train.data.train: gs://bucket/x.jsonl: unsupported URL scheme gs://"),
+    ]
+    for i, (sections, expected) in enumerate(cases):
+        job = tiny_job(tmp_path, name=f"bad{i}", **sections)
+        line = one_error(llmlaunch("train", str(job), "--nproc-per-node", "1", env=env, timeout=120))
+        assert line.startswith(expected), (line, expected)
+
+
+def test_remote_urls_stay_as_written_and_the_cli_stays_light(tmp_path):
+    job = tiny_job(tmp_path, data={"train": "s3://bkt/corpus", "eval": "hf://datasets/org/set/eval.jsonl"},
+                   run={"checkpoint_mirror": "s3://bkt/runs/a"})
+    data = load_job(job, local=True).train.data
+    assert (data.train, data.eval) == ("s3://bkt/corpus", "hf://datasets/org/set/eval.jsonl")
+    # preflight's remote checks, as the CLI runs them, import neither torch nor any HF library
+    code = ("import sys; from trainer.remote_sources import check_remote; "
+            "print(check_remote('hf://datasets/org/none', 'k')); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'datasets', 'huggingface_hub', 's3fs'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "none")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "[]" and "is not in the Hugging Face cache" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"])
+def test_aws_credentials_pass_only_through_cluster_secrets(name):
+    example = REPO / "examples" / "tiny.yaml"
+    with pytest.raises(ConfigError) as refused:
+        load_job(example, [f"cluster.env.{name}=abc"], resolve_paths=False)
+    assert refused.value.problems == [f"cluster.env: {name} looks like a secret; pass it through cluster.secrets "
+                                      "(a secretKeyRef)"]
+    spec = load_job(example, [f"cluster.secrets=[{{env: {name}, secret: s3-creds, key: k}}]",
+                              "cluster.env.AWS_ENDPOINT_URL=http://minio:9000"], resolve_paths=False)
+    objs = render.render(spec)
+    env = {e["name"]: e for e in objs[-1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[name]["valueFrom"] == {"secretKeyRef": {"name": "s3-creds", "key": "k", "optional": False}}
+    assert "value" not in env[name]
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
