@@ -5,6 +5,7 @@ from `llmlaunch train`), and AWS credentials only through cluster.secrets."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from launcher.model_shape import shape_of
 from launcher.spec import load_job
 from remote_fixtures import add_to_hub_cache, moto_server, s3, s3_env
 from trainer import object_store
+from trainer.checkpoint_mirror import Mirror
 from trainer.config import ConfigError, TrainConfig
 from trainer.remote_sources import local_source, split_files
 from trainjobs import REPO, TINY_MODEL, llmlaunch, tiny_job
@@ -61,6 +63,36 @@ def test_s3_prefix_is_copied_once_and_then_only_what_changed(tmp_path, s3_enviro
     fs.pipe("copy-test/one.jsonl", b'{"text": "solo"}\n')
     single = local_source("s3://copy-test/one.jsonl", "data.eval", tmp_path)
     assert single == str(tmp_path / "remote" / "s3" / "copy-test" / "one.jsonl")
+
+
+def test_the_mirror_holds_what_the_local_directory_holds_and_pulls_only_complete_checkpoints(tmp_path, s3_environment):
+    fs = s3_environment
+    fs.mkdir("mirror-test")
+    root = tmp_path / "checkpoints"
+
+    def checkpoint(step: int) -> Path:
+        folder = root / f"step-{step:06d}"
+        (folder / "shards").mkdir(parents=True)
+        (folder / "shards" / "w.pt").write_bytes(bytes([step]) * 100)
+        (folder / "COMPLETE").write_text(json.dumps({"step": step}))
+        return folder
+
+    mirror = Mirror("s3://mirror-test/run")
+    assert mirror.pull_newest(tmp_path / "nothing-yet") is None
+    mirror.push(root, checkpoint(4))
+    mirror.push(root, checkpoint(8))
+    fs.pipe("mirror-test/run/step-000012/shards/w.pt", b"cut short")  # an upload that never reached COMPLETE
+    assert mirror.complete_steps() == ["step-000004", "step-000008"]
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    pulled = mirror.pull_newest(restored)
+    assert pulled == restored / "step-000008" and (pulled / "COMPLETE").is_file()
+    assert (pulled / "shards" / "w.pt").read_bytes() == bytes([8]) * 100
+    assert sorted(p.name for p in restored.iterdir()) == ["step-000008"]  # no temporary folder left
+
+    shutil.rmtree(root / "step-000004")  # pruned locally
+    mirror.push(root, checkpoint(16))
+    assert mirror.steps() == ["step-000008", "step-000016"]  # the pruned one and the cut-short upload are gone
 
 
 def test_split_files_are_found_by_name_as_datasets_finds_them():

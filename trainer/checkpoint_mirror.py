@@ -43,16 +43,19 @@ class Mirror:
         except Exception as e:  # botocore / s3fs: many types, one line
             raise MirrorError(f"{what}: {object_store.describe_error(self.url, e)}") from e
 
-    def complete_steps(self) -> list[str]:
-        """Names of the mirrored checkpoints that have COMPLETE, oldest first."""
+    def steps(self) -> list[str]:
+        """Names of the mirrored step folders, complete or not, oldest first."""
         try:
             entries = self.fs.ls(self.base, detail=False)
         except FileNotFoundError:
             return []
         except Exception as e:
             raise MirrorError(f"listing the mirror: {object_store.describe_error(self.url, e)}") from e
-        names = sorted(e.rsplit("/", 1)[-1] for e in entries if e.rsplit("/", 1)[-1].startswith(STEP_PREFIX))
-        return [n for n in names if self._call("reading the mirror", self.fs.exists, f"{self.base}/{n}/{MARKER}")]
+        return sorted(e.rsplit("/", 1)[-1] for e in entries if e.rsplit("/", 1)[-1].startswith(STEP_PREFIX))
+
+    def complete_steps(self) -> list[str]:
+        """Names of the mirrored checkpoints that have COMPLETE, oldest first."""
+        return [n for n in self.steps() if self._call("reading the mirror", self.fs.exists, f"{self.base}/{n}/{MARKER}")]
 
     def push(self, root: Path, step_dir: Path) -> float:
         """Upload one complete checkpoint (COMPLETE last), then drop mirrored ones the local root no longer
@@ -63,7 +66,7 @@ class Mirror:
             self._call(f"uploading {step_dir.name}/{name}", self.fs.put_file, str(step_dir / name), f"{remote}/{name}")
         self._call(f"uploading {step_dir.name}/{MARKER}", self.fs.put_file, str(step_dir / MARKER), f"{remote}/{MARKER}")
         local = {p.name for p in root.glob(f"{STEP_PREFIX}*") if (p / MARKER).is_file()}
-        for name in self.complete_steps():
+        for name in self.steps():  # pruned locally, or an upload cut short (no COMPLETE): gone from the mirror too
             if name not in local:
                 self._call(f"pruning {name}", self.fs.rm, f"{self.base}/{name}", True)
         return time.perf_counter() - start
