@@ -72,7 +72,7 @@ def run_cli(argv: list[str], cwd: Path) -> Outcome:
 
 def write_job(doc: dict | str, directory: Path) -> Path:
     path = directory / "job.yaml"
-    # libyaml's dumper when built in: the same text as safe_dump (compared on every invalid change), 5x faster
+    # libyaml's dumper when built in: 5x faster, the same text as safe_dump (compared once over every invalid change)
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     text = doc if isinstance(doc, str) else yaml.dump(doc, Dumper=dumper, sort_keys=False, allow_unicode=False)
     path.write_text(text.replace("OUT", str(directory / "out")))
