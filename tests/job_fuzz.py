@@ -3,8 +3,10 @@
 ones an example or a CLI flag touches.
 
 - `documents()`: a complete valid job (every section written out) with a few keys replaced by values that
-  fit the key's schema (type, bounds, enum, pattern), deleted, or replaced by any JSON at all. Such a file
-  may still be refused (a rule across keys, a missing data file); it must never crash the CLI.
+  fit the key's schema (type, bounds, enum, pattern), deleted, replaced by any JSON at all, or broken by
+  one of the changes below, with the keys of those breaks. A file with a break in force must be refused
+  (exit 2) naming each broken key; any other may still be refused (a rule across keys, a missing data
+  file), and none may crash the CLI.
 - `certainly_invalid()`: the same valid job with exactly one change the schema forbids outright (a
   value of a type the key does not take, out of bounds, not in the enum, against the pattern, an unknown
   key, a required key missing). The CLI must refuse it with one line naming the key, exit 2.
@@ -194,18 +196,53 @@ def _parent(doc: dict, path: tuple[str, ...], create: bool) -> dict | None:
 
 
 @st.composite
-def documents(draw) -> dict:
-    """A valid job with 0-4 keys replaced by values fitting their schema, deleted, or set to any JSON."""
+def documents(draw) -> tuple[dict, tuple[str, ...]]:
+    """A valid job with 0-4 changes: keys replaced by values fitting their schema, deleted, set to any JSON,
+    or broken by one of invalid_changes(); and the dotted keys of the breaks still in force at the end
+    (a later change may have replaced the key or a section above it). Any of those makes the file
+    certainly invalid: the CLI must refuse it, naming each."""
     doc = full_base()
+    breaks: dict[tuple[str, ...], tuple[Any, list]] = {}
     for _ in range(draw(st.integers(0, 4))):
+        action = draw(st.sampled_from(["fit", "fit", "fit", "delete", "any", "break"]))
+        if action == "break":
+            path, value, _ = draw(st.sampled_from(invalid_changes()))
+            parent = _parent(doc, path, create=False)
+            if parent is None:  # an earlier change removed the section
+                continue
+            if value is DELETE:
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = value = copy.deepcopy(value)
+            breaks[path] = (value, _chain(doc, path))
+            continue
         path, _ = draw(st.sampled_from(key_paths()))
         parent = _parent(doc, path, create=True)
-        action = draw(st.sampled_from(["fit", "fit", "fit", "delete", "any"]))
         if action == "delete":
             parent.pop(path[-1], None)
         else:
             parent[path[-1]] = draw(fitting(schema_at(path)) if action == "fit" else any_json)
-    return doc
+    return doc, tuple(".".join(p) for p, (value, chain) in breaks.items() if _in_force(doc, p, value, chain))
+
+
+def _chain(doc: dict, path: tuple[str, ...]) -> list:
+    """The section objects from the document down to the key's parent."""
+    out = [doc]
+    for key in path[:-1]:
+        out.append(out[-1][key])
+    return out
+
+
+def _in_force(doc: dict, path: tuple[str, ...], value: Any, chain: list) -> bool:
+    now = [doc]
+    for key in path[:-1]:
+        if not isinstance(now[-1], dict) or key not in now[-1]:
+            return False
+        now.append(now[-1][key])
+    if any(a is not b for a, b in zip(now, chain)):  # a section above was replaced
+        return False
+    parent = now[-1]
+    return path[-1] not in parent if value is DELETE else path[-1] in parent and parent[path[-1]] is value
 
 
 def _violations(node: dict) -> list[tuple[Any, str]]:

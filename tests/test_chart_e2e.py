@@ -48,16 +48,6 @@ def names(objects: dict[str, list[dict]]) -> set[tuple[str, str]]:
     return {(kind, o["metadata"]["name"]) for kind, items in objects.items() for o in items}
 
 
-@pytest.mark.parametrize("scenario", sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*.yaml")))
-def test_server_dry_run_accepts_every_scenario_and_creates_nothing(control_plane, scenario):
-    ns = control_plane.create_namespace("helm-dry")
-    result = helm("install", "run", str(CHART), "-n", ns, "-f", ci_values(scenario), "--dry-run=server",
-                  kubeconfig=control_plane.kubeconfig)
-    assert "STATUS: pending-install" in result.stdout
-    assert ("kind: PrometheusRule" in result.stdout) == (scenario != "monitoring-off")
-    assert stored(control_plane, ns) == {}
-
-
 def test_install_upgrade_uninstall_leaves_nothing_behind(control_plane):
     ns = control_plane.create_namespace("helm")
     kube = control_plane.kubeconfig

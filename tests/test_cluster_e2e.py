@@ -239,17 +239,35 @@ def test_trainjob_submit_status_delete(control_plane):
 
 def test_delete_keep_data_and_existing_claims_are_left_alone(control_plane):
     ns = control_plane.create_namespace()
-    assert llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "cluster.storage.size=1Gi").exit_code == 0
+    sets = ["cluster.storage.size=1Gi", f"cluster.namespace={ns}"]
+    owned = {(o["kind"], o["metadata"]["name"]) for o in render(load_job(TINY, sets, resolve_paths=False))}
+    assert ("PersistentVolumeClaim", "tiny-data") in owned and len(owned) == 5  # the job, its data and three more
+    assert llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", sets[0]).exit_code == 0
+    # A neighbour in the same namespace: deleting tiny must not touch it.
+    assert llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "name=other").exit_code == 0
     deleted = llmlaunch(control_plane, "delete", "tiny", "-n", ns, "--keep-data")
-    assert "persistentvolumeclaim/tiny-data deleted" not in deleted.stdout
-    assert names_in(control_plane, PVCS, ns) == ["tiny-data"]
+    assert deleted.exit_code == 0, deleted.output
+    gone = owned - {("PersistentVolumeClaim", "tiny-data")}
+    assert sorted(deleted.stdout.splitlines()) == sorted(f"{kind.lower()}/{name} deleted" for kind, name in gone)
+    paths = {"ConfigMap": CONFIGMAPS, "PersistentVolumeClaim": PVCS, "PodMonitor": PODMONITORS, "PyTorchJob": PYTORCHJOBS,
+             "NetworkPolicy": NETPOLS}
+    for kind, name in gone:
+        assert control_plane.api("GET", paths[kind].format(ns=ns) + "/" + name) is None, f"{kind} {name} is still there"
+    claim = control_plane.api("GET", PVCS.format(ns=ns) + "/tiny-data")
+    assert claim is not None and not claim["metadata"].get("deletionTimestamp")  # kept, and not on its way out
+    assert names_in(control_plane, PYTORCHJOBS, ns) == ["other"] and names_in(control_plane, CONFIGMAPS, ns) == ["other-config"]
+
     control_plane.api("POST", PVCS.format(ns=ns), {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                       "metadata": {"name": "shared"}, "spec": {"accessModes": ["ReadWriteMany"],
                                                                "resources": {"requests": {"storage": "1Gi"}}}})
     assert llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "cluster.storage.claim=shared",
-                     "--set", "name=other").exit_code == 0
-    assert "persistentvolumeclaim" not in llmlaunch(control_plane, "delete", "other", "-n", ns).stdout
-    assert "shared" in names_in(control_plane, PVCS, ns)
+                     "--set", "name=third").exit_code == 0
+    third = llmlaunch(control_plane, "delete", "third", "-n", ns)
+    assert third.exit_code == 0, third.output
+    assert sorted(third.stdout.splitlines()) == ["configmap/third-config deleted", "networkpolicy/third deleted",
+                                                 "podmonitor/third deleted", "pytorchjob/third deleted"]
+    shared = control_plane.api("GET", PVCS.format(ns=ns) + "/shared")
+    assert shared is not None and not shared["metadata"].get("deletionTimestamp")
 
 
 def make_pod(plane, ns: str, name: str, labels: dict, node: str | None = None) -> None:

@@ -1,6 +1,8 @@
 """A real Prometheus scrapes two 'nodes' driving TrainMetrics through 300 steps; then, over its HTTP
 API: every metric is there with the right labels and values, every dashboard panel query returns
-data, and the alert rules evaluate without errors and stay quiet for this healthy run.
+data, and the alert rules evaluate without errors and stay quiet for this healthy run (seconds long,
+shorter than every rule's window: tests/test_alerts_quiet_on_a_long_healthy_run.py runs them over 150
+simulated minutes).
 
 The driver simulates the loop (tests/train_metrics_driver.py) and uses a fake NVML (no GPU here);
 the exporter, its HTTP server, Prometheus and the queries are all real.
