@@ -6,7 +6,7 @@ import json
 
 import click
 
-from launcher.cli import report_errors, set_option
+from launcher.cli_options import report_errors, set_option
 from trainer.config import ConfigError
 
 

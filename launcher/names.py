@@ -7,9 +7,12 @@ DNS-1035 label of at most 63 characters, so the check runs on the longest derive
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from launcher.spec import JobSpec
 from trainer.config import ConfigError
+
+if TYPE_CHECKING:  # annotations only: spec runs the rules, which use this module
+    from launcher.spec import JobSpec
 
 MAX_LABEL = 63
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

@@ -6,10 +6,9 @@ spec, so tests can check them against literal expectations.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher import names
-from launcher.spec import JobSpec
 from launcher.torchrun import (
     PYTORCHJOB_RDZV_ENDPOINT,
     TRAIN_CONFIG_IN_POD,
@@ -17,6 +16,9 @@ from launcher.torchrun import (
     agent_env,
     pod_torchrun,
 )
+
+if TYPE_CHECKING:  # annotations only: spec runs the rules, which use this module
+    from launcher.spec import JobSpec
 
 CONFIG_DIR = TRAIN_CONFIG_IN_POD.rsplit("/", 1)[0]
 PYTORCHJOB_PORT = 23456  # the operator's default rendezvous port (container port "pytorchjob-port")

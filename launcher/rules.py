@@ -11,6 +11,8 @@ import datetime
 import math
 from typing import Any
 
+from launcher import names, pod_values
+from launcher.k8s_types import has_control_character
 from trainer.config import ConfigError
 
 # A job file is tens of values; aliases of aliases can make a few lines stand for billions.
@@ -64,8 +66,6 @@ def check_job(spec, local: bool = False, pods: bool = False) -> None:
     and its flags (trainer.preflight checks them), not from cluster.nodes / gpus_per_node.
     pods: the job becomes pods (render, values, submit), which need an image: llmlaunch names none by
     default, since a made-up default fails only later, in the cluster, as ImagePullBackOff."""
-    from launcher import names
-
     names.check_names(spec)
     check_image(spec.cluster.image, required=pods)
     check_ports(spec)
@@ -74,8 +74,6 @@ def check_job(spec, local: bool = False, pods: bool = False) -> None:
 
 
 def check_image(image: str | None, required: bool = False) -> None:
-    from launcher.k8s_types import has_control_character
-
     if image is None:
         if required:
             raise ConfigError([IMAGE_MISSING])
@@ -85,8 +83,6 @@ def check_image(image: str | None, required: bool = False) -> None:
 
 
 def rendezvous_ports() -> dict[int, str]:
-    from launcher import pod_values
-
     return {pod_values.PYTORCHJOB_PORT: "the PyTorchJob rendezvous port",
             pod_values.TRAINJOB_PORT: "the TrainJob rendezvous port"}
 

@@ -1,0 +1,36 @@
+"""launcher/ has no import cycle, and the CLI runs as `python -m launcher` as well as `-m launcher.cli`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from trainjobs import REPO
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_launcher_has_no_import_cycle():
+    result = subprocess.run([sys.executable, "scripts/import_graph.py"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.rstrip().endswith("0 cycle(s)")
+    graph = dict(line.split(" -> ") for line in result.stdout.splitlines() if " -> " in line and "cycle" not in line)
+    # The command modules take the shared options and errors from their own modules, never from cli.py.
+    assert not any("cli," in deps or deps.strip() == "cli" for module, deps in graph.items() if module.strip() != "__main__")
+
+
+@pytest.mark.parametrize("module", ["launcher", "launcher.cli"])
+def test_the_cli_runs_as_a_module(module):
+    result = subprocess.run([sys.executable, "-m", module, "validate", "examples/tiny.yaml"], cwd=REPO, env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("examples/tiny.yaml: ok (tiny")
+
+
+def test_cluster_commands_are_registered_when_imported():
+    code = "from launcher.cli import cli; print(' '.join(sorted(cli.commands)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, check=True)
+    assert {"init", "render", "values", "submit", "status", "list", "logs", "delete", "estimate"} <= set(out.stdout.split())
