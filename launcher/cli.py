@@ -64,7 +64,9 @@ def validate(job_file: str, overrides: tuple[str, ...]) -> None:
 
 
 @cli.command()
-@click.option("--chart-values", is_flag=True, help="The schema of the Helm chart's values instead (values.schema.json).")
+@click.option(
+    "--chart-values", is_flag=True, help="The schema of the Helm chart's values instead (values.schema.json)."
+)
 def schema(chart_values: bool) -> None:
     """Print the JSON schema of the job file (for editors and the Helm chart)."""
     if chart_values:
@@ -80,11 +82,17 @@ def schema(chart_values: bool) -> None:
 @cli.command()
 @job_file
 @click.option("--nproc-per-node", type=click.IntRange(min=1), help="Processes per node (default: GPUs, else 1).")
-@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Local 'nodes' (torchrun agents).")
-@click.option("--output-dir", type=click.Path(file_okay=False), help="Where the run writes (overrides train.run.output_dir).")
+@click.option(
+    "--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Local 'nodes' (torchrun agents)."
+)
+@click.option(
+    "--output-dir", type=click.Path(file_okay=False), help="Where the run writes (overrides train.run.output_dir)."
+)
 @set_option
 @report_errors
-def train(job_file: str, nproc_per_node: int | None, nodes: int, output_dir: str | None, overrides: tuple[str, ...]) -> None:
+def train(
+    job_file: str, nproc_per_node: int | None, nodes: int, output_dir: str | None, overrides: tuple[str, ...]
+) -> None:
     """Run a job on this machine with torchrun (resumes when OUTPUT_DIR has checkpoints)."""
     from launcher.local import run_local
     from launcher.spec import load_job
@@ -114,7 +122,9 @@ def report(run_dir: str, output: str | None) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--merge", is_flag=True, help="Merge the LoRA adapter in RUN_DIR/final into its base weights.")
 @click.option("--base", help="Base model directory or hub id (default: the run's train.model.pretrained).")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Where to write (default: RUN_DIR/final-merged).")
+@click.option(
+    "-o", "--output-dir", type=click.Path(file_okay=False), help="Where to write (default: RUN_DIR/final-merged)."
+)
 @report_errors
 def export(run_dir: str, merge: bool, base: str | None, output_dir: str | None) -> None:
     """Write a finished LoRA run's model for serving: base + adapter merged (safetensors, tokenizer; no peft needed)."""

@@ -107,7 +107,9 @@ def render(job_file, nodes, gpus_per_node, image, namespace, overrides, output_d
 @click.command("values")
 @job_file
 @job_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the values to this file (default: stdout).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write the values to this file (default: stdout)."
+)
 @report_errors
 def values_(job_file, nodes, gpus_per_node, image, namespace, overrides, output) -> None:
     """Print the Helm chart's values for a job (helm install NAME helm/llmlaunch -f VALUES)."""
@@ -198,7 +200,7 @@ def list_(namespace, all_namespaces, kubeconfig, context, output):
     table = [("NAMESPACE", "NAME", "KIND", "STATE", "NODES", "CREATED")]
     table += [(r["namespace"], r["name"], r["kind"], r["state"], str(r["nodes"]), r["created"] or "-") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table)
     emit(rows, output, text if rows else "no llmlaunch jobs found")
 
 

@@ -15,7 +15,6 @@ from launcher.torchrun import agent_env, local_torchrun, operator_env
 from trainer.ds_config import build_ds_config, machine_has_gpu
 from trainer.preflight import run_preflight
 
-
 LOCAL_SHUTDOWN_TIMEOUT_S = 120  # no kubelet here: how long SIGTERM'd trainers get for their emergency checkpoint
 
 

@@ -98,7 +98,9 @@ def derived_names(spec: JobSpec) -> list[str]:
 def check_names(spec: JobSpec) -> None:
     """Every name the job leads to is a valid DNS-1035 label, or a ConfigError naming the problem."""
     if not DNS1035.fullmatch(spec.name):
-        raise ConfigError([f"name: must start with a letter, since Kubernetes services are named after it (got {spec.name!r})"])
+        raise ConfigError(
+            [f"name: must start with a letter, since Kubernetes services are named after it (got {spec.name!r})"]
+        )
     for derived in [config_map(spec.name), data_claim(spec.name), *derived_names(spec)]:
         if len(derived) > MAX_LABEL:
             raise ConfigError([

@@ -40,7 +40,9 @@ def command(spec: JobSpec) -> list[str]:
     max_restarts = c.elastic.max_restarts if c.elastic else spec.train.run.max_restarts
     endpoint = TRAINJOB_RDZV_ENDPOINT if c.api == "trainjob" else PYTORCHJOB_RDZV_ENDPOINT
     nnodes = f"{c.elastic.min_nodes}:{c.elastic.max_nodes}" if c.elastic else str(c.nodes)
-    cmd = pod_torchrun(nnodes, c.procs_per_node, max_restarts=max_restarts, rdzv_endpoint=None if c.elastic else endpoint)
+    cmd = pod_torchrun(
+        nnodes, c.procs_per_node, max_restarts=max_restarts, rdzv_endpoint=None if c.elastic else endpoint
+    )
     if c.api == "trainjob" and c.storage.enabled:
         # A TrainJob cannot set workingDir; coreutils' env changes directory without a shell.
         return ["env", f"--chdir={c.storage.mount_path}", *cmd]

@@ -79,7 +79,9 @@ def check_image(image: str | None, required: bool = False) -> None:
             raise ConfigError([IMAGE_MISSING])
         return
     if has_control_character(image) or any(c.isspace() for c in image):
-        raise ConfigError([f"cluster.image: an image reference has no whitespace or control characters (got {image!r})"])
+        raise ConfigError(
+            [f"cluster.image: an image reference has no whitespace or control characters (got {image!r})"]
+        )
 
 
 def rendezvous_ports() -> dict[int, str]:
@@ -103,7 +105,9 @@ def check_topology(spec) -> None:
             raise ConfigError([f"train.run.global_batch_size: {e} on the cluster (cluster.nodes {c.nodes} x "
                                f"{c.procs_per_node} per pod)"]) from e
     elif train.run.global_batch_size is not None:
-        raise ConfigError(["train.run.global_batch_size: cannot be fixed with cluster.elastic (the world size changes)"])
+        raise ConfigError(
+            ["train.run.global_batch_size: cannot be fixed with cluster.elastic (the world size changes)"]
+        )
     if train.precision in ("bf16", "fp16") and c.gpus_per_node == 0:
         # DeepSpeed refuses fp16 on CPU; the chart refuses both (validateDsConfig), so render does too.
         raise ConfigError([f"train.precision: {train.precision} needs GPU pods, but cluster.gpus_per_node is 0 "

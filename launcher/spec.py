@@ -34,7 +34,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _dns_name(cls, name: str) -> str:
         if not DNS1035.fullmatch(name):
-            raise ValueError(f"must be lowercase letters, digits and '-', starting with a letter and ending "
+            raise ValueError("must be lowercase letters, digits and '-', starting with a letter and ending "
                              "alphanumeric, since Kubernetes services are named after it")
         if len(name) > MAX_NAME:
             raise ValueError(f"must be at most {MAX_NAME} characters (got {len(name)})")

@@ -2,7 +2,8 @@
 """Print the import graph of launcher/ (who imports whom inside the package) and any cycle in it.
 
 Module-level imports and imports inside functions count (a lazy import is still a dependency; marked
-`(lazy)`); imports under `if TYPE_CHECKING:` do not (they never run). Exit code 1 when there is a cycle.   Usage: python scripts/import_graph.py
+`(lazy)`); imports under `if TYPE_CHECKING:` do not (they never run).
+Exit code 1 when there is a cycle.   Usage: python scripts/import_graph.py
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ from launcher.values import chart_defaults, chart_values, documented_yaml, shell
 from tests.golden_cases import TEST_IMAGE  # noqa: E402
 
 CHART = ROOT / "helm" / "llmlaunch"
-MONITORING_OFF = {"monitoring": {"podMonitor": False, "prometheusRule": {"enabled": False}, "dashboard": {"enabled": False}}}
+MONITORING_OFF = {
+    "monitoring": {"podMonitor": False, "prometheusRule": {"enabled": False}, "dashboard": {"enabled": False}}
+}
 
 # name -> (job file, --set overrides of the job, chart-only values merged over the result)
 SCENARIOS: dict[str, tuple[str, list[str], dict]] = {
