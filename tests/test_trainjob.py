@@ -21,13 +21,14 @@ import pytest
 import yaml
 
 import schema_check
-from golden_cases import VARIANTS, cases, load_case
+from golden_cases import cases, load_case
+from launcher.chart_files import SCENARIOS
 from launcher.pod_values import SA_TOKEN_DIR
 from launcher.render import render
 from launcher.spec import load_job
 from trainer_v23 import trainer_pod
 
-FULL = VARIANTS["tiny-trainjob-full"][1]
+FULL = SCENARIOS["tiny-trainjob-full"].overrides
 TRAINJOB_CASES = sorted(name for name in cases() if "cluster.api=trainjob" in cases()[name][1])
 
 # Pod fields a PyTorchJob sets that a Trainer v2.3 runtime patch cannot reach, and why that is fine.
@@ -45,7 +46,7 @@ CONTAINER_DIFFERENCES = {
 
 
 def _objects(overrides):
-    return {o["kind"]: o for o in render(load_job(cases()["tiny"][0], overrides, resolve_paths=False))}
+    return {o["kind"]: o for o in render(load_job(cases()["single-node"][0], overrides, resolve_paths=False))}
 
 
 def _pytorchjob_master(overrides) -> dict:
@@ -187,7 +188,7 @@ def test_the_cel_evaluation_can_fail():
 def test_the_apiserver_stores_the_trainjob_as_rendered_and_prunes_the_v20_shape(control_plane):
     ns = control_plane.create_namespace("tj")
     path = f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs"
-    objects = render(load_job(cases()["tiny"][0], [*FULL, f"cluster.namespace={ns}"], resolve_paths=False))
+    objects = render(load_job(cases()["single-node"][0], [*FULL, f"cluster.namespace={ns}"], resolve_paths=False))
     job = objects[-1]
     stored = control_plane.api("POST", path, job)
     assert stored["spec"] == {**job["spec"], "managedBy": "trainer.kubeflow.org/trainjob-controller"}  # CRD default
