@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import venv
@@ -16,13 +15,9 @@ from trainjobs import REPO
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-    # Built from a copy: setuptools writes build/ and *.egg-info into the source tree.
-    source = tmp_path_factory.mktemp("source") / "llmlaunch"
-    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".tools", ".ruff_cache", "runs", "build", "dist", "*.egg-info", "__pycache__", "tests"))
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(source)], check=True, capture_output=True)
+                    str(REPO)], check=True, capture_output=True)
     (found,) = dist.glob("llmlaunch-*.whl")
     return found
 
