@@ -45,7 +45,9 @@ def chart_objects(spec: JobSpec, tmp_path, values_text: str | None = None) -> tu
 def check_chart_extras(spec: JobSpec, values: dict, extras: list[dict]) -> None:
     """The alert rules and the dashboard: monitoring/'s files, render's labels, only where switched on."""
     monitoring = values.get("monitoring", {})
-    expected = {"PrometheusRule": f"{spec.name}-alerts"} if monitoring.get("prometheusRule", {}).get("enabled", True) else {}
+    expected = {}
+    if monitoring.get("prometheusRule", {}).get("enabled", True):
+        expected["PrometheusRule"] = f"{spec.name}-alerts"
     if monitoring.get("dashboard", {}).get("enabled", True):
         expected["ConfigMap"] = f"{spec.name}-dashboard"
     assert {o["kind"]: o["metadata"]["name"] for o in extras} == expected and len(extras) == len(expected)
@@ -69,7 +71,7 @@ def test_helm_template_equals_llmlaunch_render(name, tmp_path):
 
 
 def test_every_example_is_a_scenario():
-    as_written = {SCENARIOS[n].example for n in SCENARIOS if SCENARIOS[n].overrides in ([], [f"cluster.image={TEST_IMAGE}"])}
+    as_written = {s.example for s in SCENARIOS.values() if s.overrides in ([], [f"cluster.image={TEST_IMAGE}"])}
     assert {p.stem for p in (chart_helm.ROOT / "examples").glob("*.yaml")} <= as_written
 
 
