@@ -13,12 +13,13 @@ pytest_plugins = ["tests.fixtures.prometheus", "tests.fixtures.control_plane", "
 
 # A test with none of these markers is a `unit` test (pytest -m unit: the fast tier, no servers, tools
 # or training). The markers themselves are described in pyproject.toml.
-HEAVY = ("distributed", "training", "cluster", "prometheus", "helm", "tools", "pods")
+HEAVY = ("distributed", "training", "cluster", "prometheus", "helm", "tools", "pods", "slow")
 # Server fixture -> the markers a test that requests it must carry.
-SERVERS = {"control_plane": ("cluster", "pods"), "controller_manager": ("pods",), "node": ("pods",),
+SERVERS = {"control_plane": ("cluster", "pods"), "controller_manager": ("cluster", "pods"), "node": ("pods",),
            "prometheus_server": ("prometheus",)}
 # Programs a unit test must not start (their marker says why the test is slow or needs an install).
 HEAVY_PROGRAMS = {"helm": "helm", "kubectl": "cluster", "kube-apiserver": "cluster", "etcd": "cluster",
+                  "kube-controller-manager": "cluster", "kubelet": "pods", "kube-scheduler": "pods",
                   "prometheus": "prometheus", "promtool": "prometheus", "checkov": "tools", "podman": "pods",
                   "torchrun": "distributed"}
 HEAVY_MODULES = {"torch.distributed.run": "distributed", "trainer": "training"}  # python -m ...
@@ -44,8 +45,9 @@ def heavy_reason(args) -> str | None:
     if not argv:
         return None
     program = Path(argv[0].split()[0]).name
-    if program in HEAVY_PROGRAMS:
-        return HEAVY_PROGRAMS[program]
+    for name, marker in HEAVY_PROGRAMS.items():
+        if program == name or program.startswith(f"{name}-"):  # the binaries carry versions: kubelet-v1.20.2
+            return marker
     if "-m" in argv[:-1]:
         module, rest = argv[argv.index("-m") + 1], argv[argv.index("-m") + 2:]
         if module in ("launcher", "launcher.cli") and rest[:1] == ["train"]:

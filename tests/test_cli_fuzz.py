@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
@@ -39,6 +40,7 @@ def fuzz_settings(examples: int):
                     phases=[Phase.explicit, Phase.generate, Phase.shrink])
 
 
+@pytest.mark.slow
 @fuzz_settings(200)
 @example(doc=BASE)
 @example(doc=full_base())
@@ -49,6 +51,7 @@ def test_schema_derived_job_files_are_accepted_or_refused_line_by_line(doc):
     event(f"validate exit {outcomes['validate'].code}")
 
 
+@pytest.mark.slow
 @fuzz_settings(150)
 @given(case=certainly_invalid())
 def test_one_change_the_schema_forbids_is_refused_in_one_line_naming_the_key(case):

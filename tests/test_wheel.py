@@ -12,6 +12,8 @@ import pytest
 
 from trainjobs import REPO
 
+pytestmark = pytest.mark.tools  # pip builds the wheel and installs it into a new venv
+
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
