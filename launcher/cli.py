@@ -19,8 +19,7 @@ import click  # noqa: E402
 from launcher import cli_cluster  # noqa: E402
 from launcher.cli_estimate import estimate  # noqa: E402
 from launcher.cli_options import job_file, report_errors, set_option  # noqa: E402
-from launcher.errors import RUNTIME_ERROR, RuntimeFailure, one_line  # noqa: E402
-from trainer.config import ConfigError  # noqa: E402
+from launcher.errors import RUNTIME_ERROR, ConfigError, RuntimeFailure, one_line  # noqa: E402
 
 
 class OneLineErrors(click.Group):

@@ -17,9 +17,8 @@ import click
 
 from launcher.cli_estimate import warn_if_too_big
 from launcher.cli_options import cluster_options, job_file, job_options, output_option, report_errors
-from launcher.errors import RuntimeFailure
+from launcher.errors import ConfigError, RuntimeFailure
 from llmlaunch_data import data_path
-from trainer.config import ConfigError
 
 
 def load_cluster_job(path: str, overrides, nodes, gpus_per_node, image, namespace):

@@ -7,7 +7,7 @@ import json
 import click
 
 from launcher.cli_options import report_errors, set_option
-from trainer.config import ConfigError
+from launcher.errors import ConfigError
 
 
 @click.command()

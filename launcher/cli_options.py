@@ -10,8 +10,7 @@ import traceback
 
 import click
 
-from launcher.errors import RUNTIME_ERROR, USAGE_ERROR, RuntimeFailure, one_line
-from trainer.config import ConfigError
+from launcher.errors import RUNTIME_ERROR, USAGE_ERROR, ConfigError, RuntimeFailure, one_line
 
 
 def report_errors(fn):

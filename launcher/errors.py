@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import re
 
+from trainer.errors import ConfigError
+
+__all__ = ["RUNTIME_ERROR", "USAGE_ERROR", "ConfigError", "RuntimeFailure", "one_line"]
 USAGE_ERROR = 2  # bad job file, flag or value
 RUNTIME_ERROR = 1  # the cluster or the training run failed
 
