@@ -18,7 +18,7 @@ HEAVY = ("distributed", "training", "cluster", "prometheus", "helm", "tools", "p
 SERVERS = {"control_plane": ("cluster", "pods"), "controller_manager": ("cluster", "pods"), "node": ("pods",),
            "prometheus_server": ("prometheus",)}
 # Programs a unit test must not start (their marker says why the test is slow or needs an install).
-HEAVY_PROGRAMS = {"helm": "helm", "kubectl": "cluster", "kube-apiserver": "cluster", "etcd": "cluster",
+HEAVY_PROGRAMS = {"helm": "helm", "kubectl": "tools", "kube-apiserver": "cluster", "etcd": "cluster",
                   "kube-controller-manager": "cluster", "kubelet": "pods", "kube-scheduler": "pods",
                   "prometheus": "prometheus", "promtool": "prometheus", "checkov": "tools", "podman": "pods",
                   "torchrun": "distributed"}

@@ -16,7 +16,7 @@ from trainjobs import REPO
 
 @pytest.mark.parametrize("argv,marker", [
     (["/work/.tools/bin/helm", "template", "x"], "helm"),
-    (["kubectl", "apply", "-f", "-"], "cluster"),
+    (["kubectl", "patch", "--local", "-f", "pod.json"], "tools"),
     (["/root/.cache/llmlaunch/bin/kube-apiserver-v1.20.2", "--etcd-servers=x"], "cluster"),
     (["kubelet-v1.20.2"], "pods"),
     (["promtool", "test", "rules"], "prometheus"),

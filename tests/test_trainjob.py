@@ -54,6 +54,7 @@ def _pytorchjob_master(overrides) -> dict:
     return _objects(pytorch)["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
 
 
+@pytest.mark.tools  # kubectl patch --local applies the runtime patch as Trainer v2.3 does
 def test_the_trainer_pod_gets_everything_a_pytorchjob_pod_gets():
     trainjob = _objects(FULL)["TrainJob"]
     pod, master = trainer_pod(trainjob), _pytorchjob_master(FULL)
@@ -88,6 +89,7 @@ def test_the_trainer_pod_gets_everything_a_pytorchjob_pod_gets():
     assert trainjob["spec"]["activeDeadlineSeconds"] == 86400
 
 
+@pytest.mark.tools
 def test_no_container_of_the_trainer_pod_gets_the_service_account_token():
     """The ServiceAccount admission plugin mounts the token only into containers without a mount at its path,
     and adds the token volume only if one needs it (plugin/pkg/admission/serviceaccount, 1.20 to today)."""
@@ -97,6 +99,7 @@ def test_no_container_of_the_trainer_pod_gets_the_service_account_token():
     assert next(v for v in pod["spec"]["volumes"] if v["name"] == "no-sa-token") == {"name": "no-sa-token", "emptyDir": {}}
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("name", TRAINJOB_CASES)
 def test_the_trainer_pod_is_a_valid_pod(name):
     pod = trainer_pod(render(load_case(name))[-1])
