@@ -34,17 +34,16 @@ ENV HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
-# Dependencies first, from pyproject.toml alone (empty packages stand in for the code), so that a change
-# to the code rebuilds only the small layer below. DeepSpeed builds against the torch already in the image
+# Dependencies first, read from pyproject.toml alone (no package is built), so that a change to the code
+# rebuilds only the small layer below. DeepSpeed builds against the torch already in the image
 # (no isolated build env), and nothing may replace that torch: the check fails the build if it did.
-COPY pyproject.toml README.md /tmp/llmlaunch-src/
+COPY pyproject.toml /tmp/llmlaunch-src/
 RUN set -eux; \
     torch_before=$(python -c 'import torch; print(torch.__version__)'); \
-    cd /tmp/llmlaunch-src; mkdir launcher trainer; touch launcher/__init__.py trainer/__init__.py; \
+    cd /tmp/llmlaunch-src; \
     DS_BUILD_FUSED_ADAM=${DS_BUILD_FUSED_ADAM} TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}" \
       python -m pip install --no-cache-dir --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}"; \
-    python -m pip install --no-cache-dir ".[trainer]"; \
-    python -m pip uninstall -y llmlaunch; \
+    python -m pip install --no-cache-dir $(python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(p["dependencies"] + p["optional-dependencies"]["trainer"]))'); \
     test "$(python -c 'import torch; print(torch.__version__)')" = "$torch_before"; \
     cd /; rm -rf /tmp/llmlaunch-src /tmp/.cache
 

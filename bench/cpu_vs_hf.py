@@ -14,8 +14,8 @@ The HF Trainer takes micro batches of 16 documents, each batch padded to its lon
 Same tokens, same tokens per optimizer step. A packed row holds ~2.8 documents, so 16 packed rows would
 carry ~2.8x the tokens of an HF micro batch and the run would take 2.8x fewer optimizer steps at the same
 learning rate: a different optimisation problem (8 rows against 8 documents: +20% eval loss), not a
-faster trainer. So the packed micro batch defaults to the rows that carry an HF micro batch's useful tokens (6 here: 6 x 128
-vs 16 x ~46), which gives about the same steps (115 vs 119); `--packed-micro-batch` overrides it. The
+faster trainer. So the packed micro batch defaults to the rows that carry an HF micro batch's useful tokens
+(6 here: 6 x 128 vs 16 x ~46), which gives about the same steps (115 vs 119); `--packed-micro-batch` overrides it. The
 unpacked run matches HF exactly: same micro batch, steps and tokens per step.
 
 Micro batch size: 16 documents (~740 useful tokens, 6 packed rows = 768 slots) is near the demo job's own
@@ -45,8 +45,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from side_by_side import (ROOT, eval_loss, hf_figures, llmlaunch_figures, run_logged, tokenize_documents,  # noqa: E402
-                          versions)
+from side_by_side import ROOT, eval_loss, hf_figures, llmlaunch_figures, run_logged, tokenize_documents, versions  # noqa: E402
 
 DATA = ROOT / "examples" / "data"
 SEQ_LEN, MICRO_BATCH, WORLD, LR = 128, 16, 2, 3e-3
@@ -112,15 +111,19 @@ def summary(runs: list[dict]) -> dict:
 
 
 def versus(side: list[dict], hf: list[dict]) -> dict:
-    ratios = [s["useful_tokens_per_s"] / h["useful_tokens_per_s"] for s, h in zip(side, hf)]
-    gaps = [(s["eval_loss"] - h["eval_loss"]) / h["eval_loss"] for s, h in zip(side, hf)]
+    ratios = [s["useful_tokens_per_s"] / h["useful_tokens_per_s"] for s, h in zip(side, hf, strict=True)]
+    gaps = [(s["eval_loss"] - h["eval_loss"]) / h["eval_loss"] for s, h in zip(side, hf, strict=True)]
     ratio = statistics.median(ratios)
     hf_mean = statistics.mean(h["eval_loss"] for h in hf)
     gap = (statistics.mean(s["eval_loss"] for s in side) - hf_mean) / hf_mean
-    return {"tokens_per_s_ratio": round(ratio, 3), "per_seed_ratio": [round(r, 3) for r in ratios],
-            "eval_loss_vs_hf_pct": round(100 * gap, 2), "per_seed_eval_loss_vs_hf_pct": [round(100 * g, 2) for g in gaps],
-            "useful_tokens_ratio": round(sum(s["useful_tokens"] for s in side) / sum(h["useful_tokens"] for h in hf), 4),
-            "target_met": bool(ratio >= 1.5 and gap <= 0.02)}
+    return {
+        "tokens_per_s_ratio": round(ratio, 3),
+        "per_seed_ratio": [round(r, 3) for r in ratios],
+        "eval_loss_vs_hf_pct": round(100 * gap, 2),
+        "per_seed_eval_loss_vs_hf_pct": [round(100 * g, 2) for g in gaps],
+        "useful_tokens_ratio": round(sum(s["useful_tokens"] for s in side) / sum(h["useful_tokens"] for h in hf), 4),
+        "target_met": bool(ratio >= 1.5 and gap <= 0.02),
+    }
 
 
 def main() -> None:
@@ -128,8 +131,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="1234,7,99,5", help="comma-separated; every side runs once per seed")
     parser.add_argument("--micro-batch", type=int, default=MICRO_BATCH,
                         help="documents per micro batch of the HF Trainer and the unpacked run")
-    parser.add_argument("--packed-micro-batch", type=int,
-                        help="rows per micro batch of the packed run (default: the rows holding an HF micro batch's tokens)")
+    parser.add_argument(
+        "--packed-micro-batch",
+        type=int,
+        help="rows per micro batch of the packed run (default: the rows holding an HF micro batch's tokens)",
+    )
     parser.add_argument("--no-unpacked", action="store_true", help="skip the llmlaunch run with packing off")
     parser.add_argument("--epochs", type=float, default=1.0, help="passes over the training documents, each side")
     parser.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one)")

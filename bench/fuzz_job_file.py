@@ -94,7 +94,9 @@ def run(examples: int, rng_seed: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=5000, help="schema-derived documents (and a fifth as many random invalid ones)")
+    parser.add_argument(
+        "--examples", type=int, default=5000, help="schema-derived documents (and a fifth as many random invalid ones)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     report = run(args.examples, args.seed)

@@ -76,9 +76,15 @@ def fp16_run(work: Path, smoke: bool, env: dict) -> dict:
     figures = llmlaunch_run(work, "fp16", corpus, profile, args, env, "full")
     records = [json.loads(line) for line in (work / "fp16" / "metrics.jsonl").read_text().splitlines() if line]
     steps = [r for r in records if "loss" in r]
-    return {"precision": profile.precision, "steps": figures["steps"], "useful_tokens_per_s": figures["useful_tokens_per_s"],
-            "loss_first": steps[0]["loss"], "loss_last": steps[-1]["loss"],
-            "loss_scale": [r.get("loss_scale") for r in steps], "skipped_steps": steps[-1].get("skipped_steps")}
+    return {
+        "precision": profile.precision,
+        "steps": figures["steps"],
+        "useful_tokens_per_s": figures["useful_tokens_per_s"],
+        "loss_first": steps[0]["loss"],
+        "loss_last": steps[-1]["loss"],
+        "loss_scale": [r.get("loss_scale") for r in steps],
+        "skipped_steps": steps[-1].get("skipped_steps"),
+    }
 
 
 def main() -> int:

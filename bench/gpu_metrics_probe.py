@@ -33,7 +33,9 @@ def busy(seconds: float) -> None:
     """bf16 matmuls on every visible GPU until `seconds` pass."""
     import torch
 
-    tensors = [torch.randn(8192, 8192, device=f"cuda:{i}", dtype=torch.bfloat16) for i in range(torch.cuda.device_count())]
+    tensors = [
+        torch.randn(8192, 8192, device=f"cuda:{i}", dtype=torch.bfloat16) for i in range(torch.cuda.device_count())
+    ]
     end = time.time() + seconds
     while time.time() < end:
         for t in tensors:
@@ -77,7 +79,9 @@ def main() -> int:
         collector.set_node_gpus({i: gpu_uuid(torch.device("cuda", i)) for i in range(torch.cuda.device_count())})
     else:
         count = nvml.nvmlDeviceGetCount()
-        collector.set_node_gpus({i: _text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))) for i in range(count)})
+        collector.set_node_gpus(
+            {i: _text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(i))) for i in range(count)}
+        )
     idle = scrape(collector)
     loaded: list[dict] = []
     if have_cuda and args.load_seconds > 0:

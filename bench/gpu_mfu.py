@@ -211,12 +211,18 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--preset", default="zero2", help="DeepSpeed preset for llmlaunch (the HF side uses ZeRO-2)")
     parser.add_argument("--compile", action="store_true", help="llmlaunch with model.compile (torch.compile)")
-    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "flex_attention"],
-                        help="llmlaunch's packed attention (the HF side pads and uses sdpa); flex_attention needs a GPU")
+    parser.add_argument(
+        "--attn",
+        default="sdpa",
+        choices=["sdpa", "flex_attention"],
+        help="llmlaunch's packed attention (the HF side pads and uses sdpa); flex_attention needs a GPU",
+    )
     parser.add_argument("--keep", type=Path, help="work directory to keep")
     args = parser.parse_args()
     if args.cpu_smoke:
-        profile = Profile(MODEL_SMOKE, 128, 4, "fp32", 400, 2.0, 6, max_steps=6, log_every=2, budget_s=args.budget_s or 60)
+        profile = Profile(
+            MODEL_SMOKE, 128, 4, "fp32", 400, 2.0, 6, max_steps=6, log_every=2, budget_s=args.budget_s or 60
+        )
     else:
         profile = Profile(MODEL_350M, 2048, args.micro_batch, "bf16", 9000, 15.0, 80, max_steps=2000, log_every=25,
                           budget_s=args.budget_s or 55)

@@ -61,8 +61,14 @@ def main() -> None:
     args = parser.parse_args()
     spec = json.loads(args.spec.read_text())
     from datasets import load_dataset
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

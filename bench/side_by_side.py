@@ -38,7 +38,7 @@ def llmlaunch_figures(out: Path) -> dict:
     if len(records) < 2 or records[0]["step"] != 1:
         raise ValueError(f"{out}/metrics.jsonl needs step 1 and a later log step to time the run")
     seconds = tokens = 0.0
-    for before, after in zip(records, records[1:]):
+    for before, after in zip(records, records[1:], strict=False):
         delta = after["tokens"] - before["tokens"]
         seconds += delta / after["tokens_per_s"]
         tokens += delta

@@ -6,12 +6,9 @@ commands that need them, so `llmlaunch render` and `--help` start fast.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import re
 import sys
-import traceback
 
 # pydantic looks up plugins through every installed distribution's entry points on import (~40 ms);
 # llmlaunch uses none, and the CLI's start-up is part of every command's latency.
@@ -19,45 +16,10 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import click  # noqa: E402
 
-from trainer.config import ConfigError  # noqa: E402
-
-USAGE_ERROR = 2  # bad job file, flag or value
-RUNTIME_ERROR = 1  # the cluster or the training run failed
-
-
-class RuntimeFailure(Exception):
-    """Something outside the user's input failed (cluster, training processes); exit code 1."""
-
-
-def one_line(text: str) -> str:
-    """Control characters from user input (a key or path with a newline) shown escaped, not obeyed."""
-    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
-
-
-def report_errors(fn):
-    """Turn known failures into one line each on stderr; --debug shows the traceback instead."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        ctx = click.get_current_context()
-        debug = (ctx.find_root().params or {}).get("debug", False)
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, RuntimeFailure) as e:
-            if debug:
-                traceback.print_exc()
-            lines = e.problems if isinstance(e, ConfigError) else [str(e)]
-            for line in lines:
-                click.echo(f"error: {one_line(line)}", err=True)
-            ctx.exit(USAGE_ERROR if isinstance(e, ConfigError) else RUNTIME_ERROR)
-
-    return wrapper
-
-
-job_file = click.argument("job_file", type=click.Path(dir_okay=False))
-set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override any key of the job file."
-)
+from launcher import cli_cluster  # noqa: E402
+from launcher.cli_estimate import estimate  # noqa: E402
+from launcher.cli_options import job_file, report_errors, set_option  # noqa: E402
+from launcher.errors import RUNTIME_ERROR, ConfigError, RuntimeFailure, one_line  # noqa: E402
 
 
 class OneLineErrors(click.Group):
@@ -101,7 +63,9 @@ def validate(job_file: str, overrides: tuple[str, ...]) -> None:
 
 
 @cli.command()
-@click.option("--chart-values", is_flag=True, help="The schema of the Helm chart's values instead (values.schema.json).")
+@click.option(
+    "--chart-values", is_flag=True, help="The schema of the Helm chart's values instead (values.schema.json)."
+)
 def schema(chart_values: bool) -> None:
     """Print the JSON schema of the job file (for editors and the Helm chart)."""
     if chart_values:
@@ -117,11 +81,17 @@ def schema(chart_values: bool) -> None:
 @cli.command()
 @job_file
 @click.option("--nproc-per-node", type=click.IntRange(min=1), help="Processes per node (default: GPUs, else 1).")
-@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Local 'nodes' (torchrun agents).")
-@click.option("--output-dir", type=click.Path(file_okay=False), help="Where the run writes (overrides train.run.output_dir).")
+@click.option(
+    "--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Local 'nodes' (torchrun agents)."
+)
+@click.option(
+    "--output-dir", type=click.Path(file_okay=False), help="Where the run writes (overrides train.run.output_dir)."
+)
 @set_option
 @report_errors
-def train(job_file: str, nproc_per_node: int | None, nodes: int, output_dir: str | None, overrides: tuple[str, ...]) -> None:
+def train(
+    job_file: str, nproc_per_node: int | None, nodes: int, output_dir: str | None, overrides: tuple[str, ...]
+) -> None:
     """Run a job on this machine with torchrun (resumes when OUTPUT_DIR has checkpoints)."""
     from launcher.local import run_local
     from launcher.spec import load_job
@@ -151,7 +121,9 @@ def report(run_dir: str, output: str | None) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--merge", is_flag=True, help="Merge the LoRA adapter in RUN_DIR/final into its base weights.")
 @click.option("--base", help="Base model directory or hub id (default: the run's train.model.pretrained).")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Where to write (default: RUN_DIR/final-merged).")
+@click.option(
+    "-o", "--output-dir", type=click.Path(file_okay=False), help="Where to write (default: RUN_DIR/final-merged)."
+)
 @report_errors
 def export(run_dir: str, merge: bool, base: str | None, output_dir: str | None) -> None:
     """Write a finished LoRA run's model for serving: base + adapter merged (safetensors, tokenizer; no peft needed)."""
@@ -168,16 +140,13 @@ def export(run_dir: str, merge: bool, base: str | None, output_dir: str | None) 
     click.echo(f"wrote {out}")
 
 
+for command in (*cli_cluster.COMMANDS, estimate):
+    cli.add_command(command)
+
+
 def main() -> None:
     cli(prog_name="llmlaunch")
 
 
-if __name__ != "__main__":  # `python -m launcher.cli` runs the package module's main() below
-    from launcher.cli_cluster import register as register_cluster_commands
-
-    register_cluster_commands(cli)
-
 if __name__ == "__main__":
-    from launcher.cli import main as package_main
-
-    sys.exit(package_main())
+    main()

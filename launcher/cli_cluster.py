@@ -15,41 +15,10 @@ from pathlib import Path
 
 import click
 
-from launcher.cli import RuntimeFailure, job_file, report_errors, set_option
-from launcher.cli_estimate import estimate, warn_if_too_big
-from trainer.config import ConfigError
-
-
-def examples_dir() -> Path:
-    here = Path(__file__).resolve().parent.parent / "examples"
-    if here.is_dir():
-        return here
-    from importlib.resources import files
-
-    return Path(str(files("llmlaunch_data") / "examples"))
-
-
-def _job_options(fn):
-    """--nodes/--gpus-per-node/--image/--namespace/--set: shortcuts for cluster.* keys of the job file."""
-    for option in reversed([
-        click.option("--nodes", type=click.IntRange(min=1), help="Pods (cluster.nodes)."),
-        click.option("--gpus-per-node", type=click.IntRange(min=0), help="GPUs per pod (cluster.gpus_per_node)."),
-        click.option("--image", help="Container image (cluster.image)."),
-        click.option("-n", "--namespace", help="Namespace (cluster.namespace)."),
-        set_option,
-    ]):
-        fn = option(fn)
-    return fn
-
-
-def _cluster_options(fn):
-    fn = click.option("--context", help="kubeconfig context (default: its current context).")(fn)
-    return click.option("--kubeconfig", type=click.Path(dir_okay=False),
-                        help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).")(fn)
-
-
-output_option = click.option("-o", "--output", "output", type=click.Choice(["text", "json", "yaml"]),
-                             default="text", show_default=True, help="Output format.")
+from launcher.cli_estimate import warn_if_too_big
+from launcher.cli_options import cluster_options, job_file, job_options, output_option, report_errors
+from launcher.errors import ConfigError, RuntimeFailure
+from llmlaunch_data import data_path
 
 
 def load_cluster_job(path: str, overrides, nodes, gpus_per_node, image, namespace):
@@ -98,7 +67,7 @@ def emit(data, output: str, text: str) -> None:
 @report_errors
 def init(path: str, example: str, list_only: bool, force: bool) -> None:
     """Write a documented starter job file (default ./job.yaml)."""
-    available = sorted(p.stem for p in examples_dir().glob("*.yaml"))
+    available = sorted(p.stem for p in data_path("examples").glob("*.yaml"))
     if list_only:
         click.echo("\n".join(available))
         return
@@ -107,7 +76,7 @@ def init(path: str, example: str, list_only: bool, force: bool) -> None:
     target = Path(path)
     if target.exists() and not force:
         raise ConfigError([f"{path}: already exists (use --force to overwrite)"])
-    source = examples_dir() / f"{example}.yaml"
+    source = data_path("examples") / f"{example}.yaml"
     shutil.copyfile(source, target)
     click.echo(f"wrote {path} (from example {example}); check it with: llmlaunch validate {path}")
     if target.resolve().parent != source.parent:
@@ -117,7 +86,7 @@ def init(path: str, example: str, list_only: bool, force: bool) -> None:
 
 @click.command()
 @job_file
-@_job_options
+@job_options
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Write one file per object here.")
 @report_errors
 def render(job_file, nodes, gpus_per_node, image, namespace, overrides, output_dir) -> None:
@@ -136,8 +105,10 @@ def render(job_file, nodes, gpus_per_node, image, namespace, overrides, output_d
 
 @click.command("values")
 @job_file
-@_job_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the values to this file (default: stdout).")
+@job_options
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write the values to this file (default: stdout)."
+)
 @report_errors
 def values_(job_file, nodes, gpus_per_node, image, namespace, overrides, output) -> None:
     """Print the Helm chart's values for a job (helm install NAME helm/llmlaunch -f VALUES)."""
@@ -157,8 +128,8 @@ def values_(job_file, nodes, gpus_per_node, image, namespace, overrides, output)
 
 @click.command()
 @job_file
-@_job_options
-@_cluster_options
+@job_options
+@cluster_options
 @click.option("--dry-run", type=click.Choice(["none", "client", "server"]), default="none", show_default=True,
               help="client: print what would be created; server: let the API server validate, create nothing.")
 @click.option("--wait", is_flag=True, help="Follow the job until it runs, succeeds or fails.")
@@ -198,7 +169,7 @@ def _namespace(cluster, namespace):
 @click.command()
 @click.argument("name")
 @click.option("-n", "--namespace", help="Namespace (default: the context's).")
-@_cluster_options
+@cluster_options
 @output_option
 @report_errors
 def status(name, namespace, kubeconfig, context, output):
@@ -215,7 +186,7 @@ def status(name, namespace, kubeconfig, context, output):
 @click.command("list")
 @click.option("-n", "--namespace", help="Namespace (default: the context's).")
 @click.option("-A", "--all-namespaces", is_flag=True, help="Jobs of every namespace.")
-@_cluster_options
+@cluster_options
 @output_option
 @report_errors
 def list_(namespace, all_namespaces, kubeconfig, context, output):
@@ -228,7 +199,7 @@ def list_(namespace, all_namespaces, kubeconfig, context, output):
     table = [("NAMESPACE", "NAME", "KIND", "STATE", "NODES", "CREATED")]
     table += [(r["namespace"], r["name"], r["kind"], r["state"], str(r["nodes"]), r["created"] or "-") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table)
     emit(rows, output, text if rows else "no llmlaunch jobs found")
 
 
@@ -238,7 +209,7 @@ def list_(namespace, all_namespaces, kubeconfig, context, output):
 @click.option("--node", type=click.IntRange(min=0), default=0, show_default=True, help="Node (pod) index; 0 = master.")
 @click.option("-f", "--follow", is_flag=True, help="Stream new lines until the pod ends.")
 @click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines.")
-@_cluster_options
+@cluster_options
 @report_errors
 def logs(name, namespace, node, follow, tail, kubeconfig, context):
     """Print the logs of one node of a job."""
@@ -270,7 +241,7 @@ def logs(name, namespace, node, follow, tail, kubeconfig, context):
 @click.argument("name")
 @click.option("-n", "--namespace", help="Namespace (default: the context's).")
 @click.option("--keep-data", is_flag=True, help="Keep the PersistentVolumeClaim the submit created.")
-@_cluster_options
+@cluster_options
 @report_errors
 def delete(name, namespace, keep_data, kubeconfig, context):
     """Delete a job and everything its submit created."""
@@ -281,6 +252,4 @@ def delete(name, namespace, keep_data, kubeconfig, context):
         jobs.delete_job(cluster, _namespace(cluster, namespace), name, keep_data, click.echo)
 
 
-def register(group: click.Group) -> None:
-    for command in (init, render, values_, submit, status, list_, logs, delete, estimate):
-        group.add_command(command)
+COMMANDS = (init, render, values_, submit, status, list_, logs, delete)

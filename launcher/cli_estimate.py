@@ -6,8 +6,8 @@ import json
 
 import click
 
-from launcher.cli import report_errors, set_option
-from trainer.config import ConfigError
+from launcher.cli_options import report_errors, set_option
+from launcher.errors import ConfigError
 
 
 @click.command()
@@ -22,7 +22,8 @@ from trainer.config import ConfigError
 @report_errors
 def estimate(job_file, nodes, gpus_per_node, gpu_memory, output, overrides) -> None:
     """Memory per GPU (parameters, gradients, optimizer states, activations) and whether it fits."""
-    from launcher.estimate import describe, estimate as plan_of
+    from launcher.estimate import describe
+    from launcher.estimate import estimate as plan_of
     from launcher.spec import load_job
 
     # The flags are cluster.* overrides, applied before the job's rules run (bf16 needs GPU pods, ...).

@@ -10,7 +10,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from launcher.k8s_types import (
-    INT32_MAX, INT64_MAX, Capability, has_control_character, DnsName, Duration, EnvName, ExtraLabels, Labels, Quantity, ResourceName, StrDict,
+    INT32_MAX,
+    INT64_MAX,
+    Capability,
+    DnsName,
+    Duration,
+    EnvName,
+    ExtraLabels,
+    Labels,
+    Quantity,
+    ResourceName,
+    StrDict,
+    has_control_character,
 )
 from trainer.config import refuse_bool_numbers
 
@@ -72,7 +83,9 @@ class Storage(Section):
 
     claim: DnsName | None = Field(None, description="Use this existing PVC (not created or deleted by llmlaunch).")
     size: Quantity | None = Field(None, description="Create a PVC `<name>-data` of this size (e.g. 500Gi).")
-    storage_class: DnsName | None = Field(None, description="Storage class of the created PVC (default class if unset).")
+    storage_class: DnsName | None = Field(
+        None, description="Storage class of the created PVC (default class if unset)."
+    )
     access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"] = Field(
         "ReadWriteMany", description="Several nodes write checkpoints at once, so multi-node jobs need ReadWriteMany."
     )
@@ -123,15 +136,21 @@ class Toleration(Section):
     key: ResourceName | None = Field(None, description="Taint key (None with operator Exists tolerates all).")
     operator: Literal["Equal", "Exists"] = Field("Equal", description="Equal matches `value`; Exists any value.")
     value: str | None = Field(None, description="Taint value (operator Equal).")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect; None = all.")
-    toleration_seconds: int | None = Field(None, ge=0, le=INT64_MAX, description="NoExecute only: how long the pod stays bound.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect; None = all."
+    )
+    toleration_seconds: int | None = Field(
+        None, ge=0, le=INT64_MAX, description="NoExecute only: how long the pod stays bound."
+    )
 
 
 class Scheduling(Section):
     """Where pods may land and who schedules them."""
 
     node_selector: Labels = Field(default_factory=dict, description="Node labels every pod requires.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate (e.g. GPU nodes).")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Taints the pods tolerate (e.g. GPU nodes)."
+    )
     affinity: dict[str, Any] | None = Field(
         None, description="A Kubernetes Affinity object as written in a pod spec (nodeAffinity, podAntiAffinity...)."
     )
@@ -146,13 +165,17 @@ class Scheduling(Section):
     def _affinity_kinds(cls, value: dict | None) -> dict | None:
         unknown = set(value or {}) - {"nodeAffinity", "podAffinity", "podAntiAffinity"}
         if unknown:
-            raise ValueError(f"unknown affinity kind {sorted(unknown)[0]!r}; use nodeAffinity, podAffinity or podAntiAffinity")
+            raise ValueError(
+                f"unknown affinity kind {sorted(unknown)[0]!r}; use nodeAffinity, podAffinity or podAntiAffinity"
+            )
         return value
 
     @field_validator("queue")
     @classmethod
     def _queue_label(cls, value: str | None) -> str | None:
-        if value is not None and (len(value) > 63 or not re.fullmatch(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$", value)):
+        if value is not None and (
+            len(value) > 63 or not re.fullmatch(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$", value)
+        ):
             raise ValueError(f"must be a valid label value (got {value!r})")
         return value
 
@@ -162,7 +185,9 @@ class Elastic(Section):
 
     min_nodes: int = Field(..., ge=1, le=INT32_MAX, description="Fewest nodes the job trains with.")
     max_nodes: int = Field(..., ge=1, le=INT32_MAX, description="Most nodes the job scales to.")
-    max_restarts: int = Field(3, ge=0, le=INT32_MAX, description="Worker-group restarts torchrun allows before failing.")
+    max_restarts: int = Field(
+        3, ge=0, le=INT32_MAX, description="Worker-group restarts torchrun allows before failing."
+    )
 
 
 class RunPolicy(Section):
@@ -175,8 +200,12 @@ class RunPolicy(Section):
     clean_pod_policy: Literal["None", "Running", "All"] = Field(
         "None", description="Pods deleted when the job ends (None keeps them, so `llmlaunch logs` still works)."
     )
-    ttl_seconds_after_finished: int | None = Field(None, ge=0, le=INT32_MAX, description="Delete the finished job after this long.")
-    active_deadline_seconds: int | None = Field(None, ge=1, le=INT64_MAX, description="Fail the job after running this long.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, le=INT32_MAX, description="Delete the finished job after this long."
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, le=INT64_MAX, description="Fail the job after running this long."
+    )
     suspend: bool = Field(False, description="Create the job suspended (no pods until resumed).")
 
 
@@ -206,7 +235,9 @@ class Network(Section):
     """Fast interconnect between nodes, and the NetworkPolicy around the job's pods."""
 
     rdma: Rdma | None = Field(None, description="Request RDMA devices (adds the IPC_LOCK capability NCCL needs).")
-    nccl: StrDict = Field(default_factory=dict, description="NCCL_* environment, e.g. NCCL_IB_HCA: mlx5, NCCL_DEBUG: WARN.")
+    nccl: StrDict = Field(
+        default_factory=dict, description="NCCL_* environment, e.g. NCCL_IB_HCA: mlx5, NCCL_DEBUG: WARN."
+    )
     policy: bool = Field(
         True, description="Create a NetworkPolicy: only the job's own pods reach its pods on any port, and "
         "only metrics_from reaches the metrics port."
@@ -230,9 +261,13 @@ class Network(Section):
 class Security(Section):
     """Pod and container security context (non-root, no privilege escalation, capabilities dropped)."""
 
-    run_as_user: int = Field(10001, ge=1, le=INT64_MAX, description="UID of the container (non-root; high to avoid host UIDs).")
+    run_as_user: int = Field(
+        10001, ge=1, le=INT64_MAX, description="UID of the container (non-root; high to avoid host UIDs)."
+    )
     run_as_group: int = Field(10001, ge=1, le=INT64_MAX, description="GID of the container.")
-    fs_group: int | None = Field(10001, ge=1, le=INT64_MAX, description="Group owning mounted volumes, so the trainer can write them.")
+    fs_group: int | None = Field(
+        10001, ge=1, le=INT64_MAX, description="Group owning mounted volumes, so the trainer can write them."
+    )
     read_only_root_filesystem: bool = Field(
         True, description="Image filesystem read-only; /tmp (also HOME) is a writable emptyDir."
     )
@@ -247,5 +282,6 @@ class Monitoring(Section):
     pod_monitor: bool = Field(True, description="Create a PodMonitor (Prometheus operator) when train.metrics.enabled.")
     interval: Duration = Field("15s", description="Scrape interval of the PodMonitor.")
     labels: ExtraLabels = Field(
-        default_factory=dict, description="Extra PodMonitor labels your Prometheus selects on (e.g. release: prometheus)."
+        default_factory=dict,
+        description="Extra PodMonitor labels your Prometheus selects on (e.g. release: prometheus).",
     )

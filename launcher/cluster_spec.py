@@ -10,7 +10,16 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from launcher.cluster_sections import (
-    Elastic, Monitoring, Network, Resources, RunPolicy, Scheduling, SecretEnv, Section, Security, Storage,
+    Elastic,
+    Monitoring,
+    Network,
+    Resources,
+    RunPolicy,
+    Scheduling,
+    SecretEnv,
+    Section,
+    Security,
+    Storage,
 )
 from launcher.k8s_types import ENV_NAME, INT32_MAX, INT64_MAX, Annotations, DnsLabel, DnsName, ExtraLabels, StrDict
 
@@ -31,7 +40,9 @@ class ClusterSpec(Section):
     """Where the job runs on Kubernetes. Ignored by local runs except nodes / gpus_per_node defaults."""
 
     nodes: int = Field(1, ge=1, le=INT32_MAX, description="Pods (one torchrun agent each): 1 master + nodes-1 workers.")
-    gpus_per_node: int = Field(0, ge=0, le=INT32_MAX, description="GPUs per pod; also torchrun's nproc_per_node (0 = one CPU process).")
+    gpus_per_node: int = Field(
+        0, ge=0, le=INT32_MAX, description="GPUs per pod; also torchrun's nproc_per_node (0 = one CPU process)."
+    )
     image: str | None = Field(
         None, min_length=1, description="The trainer image, built from the repository's Dockerfile and pushed to "
         "a registry the cluster pulls from (docs/cluster.md); no default. --image sets it."
@@ -63,7 +74,10 @@ class ClusterSpec(Section):
     security: Security = Field(default_factory=Security)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     termination_grace_period_seconds: int = Field(
-        120, ge=0, le=INT64_MAX, description="Time between SIGTERM and SIGKILL: the trainer writes its last checkpoint in it."
+        120,
+        ge=0,
+        le=INT64_MAX,
+        description="Time between SIGTERM and SIGKILL: the trainer writes its last checkpoint in it.",
     )
     labels: ExtraLabels = Field(default_factory=dict, description="Extra labels on every object and pod.")
     annotations: Annotations = Field(default_factory=dict, description="Extra annotations on every object and pod.")

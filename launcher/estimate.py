@@ -67,10 +67,8 @@ def activations(cfg, shape: ModelShape, p: int) -> float:
         targets = shape.linear_dims() if cfg.method.lora.target_modules == "all-linear" else {
             t: d for t, d in shape.linear_dims().items() if t in cfg.method.lora.target_modules}
         per_layer += sum(d[0] for d in targets.values())
-    if cfg.model.gradient_checkpointing:
-        body = layers * h + per_layer  # each layer's input, and one layer recomputed in backward
-    else:
-        body = layers * per_layer
+    # With checkpointing: each layer's input, and one layer recomputed in backward.
+    body = layers * h + per_layer if cfg.model.gradient_checkpointing else layers * per_layer
     values = tokens * (body + 4 * h)  # + final norm and the hidden state the head reads
     head = tokens * shape.vocab * (p + (4 if p < 4 else 0) + 4 + 4)  # logits, fp32 copy, log-softmax, its grad
     extra = 0.0
@@ -78,7 +76,15 @@ def activations(cfg, shape: ModelShape, p: int) -> float:
     if cfg.data.packing and cfg.method.kind != "prefix":
         extra += cfg.run.micro_batch_size * seq * seq * p  # the additive block-diagonal mask
     if cfg.model.attn_implementation == "eager":
-        extra += (1 if cfg.model.gradient_checkpointing else layers) * cfg.run.micro_batch_size * shape.heads * seq * seq * p * 2
+        extra += (
+            (1 if cfg.model.gradient_checkpointing else layers)
+            * cfg.run.micro_batch_size
+            * shape.heads
+            * seq
+            * seq
+            * p
+            * 2
+        )
     return values * p + head + extra
 
 

@@ -6,7 +6,8 @@ Each takes a kube.Cluster and raises KubeError with one line naming the object a
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 
@@ -24,7 +25,9 @@ def check_installed(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
     """Refuse early, with the install hint, when a kind's CRD is not on the cluster."""
     kinds = list({o["kind"]: KINDS[o["kind"]] for o in objects}.values())
     for kind in cluster.missing_kinds(kinds):
-        raise KubeError(f"the cluster at {cluster.host} does not serve {kind.kind} ({kind.api_version}): {kind.install_hint}")
+        raise KubeError(
+            f"the cluster at {cluster.host} does not serve {kind.kind} ({kind.api_version}): {kind.install_hint}"
+        )
 
 
 def _create_error(obj: dict[str, Any], job: str, e: KubeError) -> str:
@@ -47,8 +50,11 @@ def check_claim(cluster: Cluster, namespace: str, claim: str, pods: int) -> None
     # Bound claims report what the volume offers; a pending one only what it asked for.
     modes = (pvc.get("status") or {}).get("accessModes") or (pvc.get("spec") or {}).get("accessModes") or []
     if pods > 1 and "ReadWriteMany" not in modes:
-        raise KubeError(f"cluster.storage.claim: PersistentVolumeClaim {namespace}/{claim} is {', '.join(modes) or 'of no access mode'}; "
-                        f"{pods} pods on different nodes need ReadWriteMany")
+        raise KubeError(
+            f"cluster.storage.claim: PersistentVolumeClaim {namespace}/{claim} is "
+            f"{', '.join(modes) or 'of no access mode'}; "
+            f"{pods} pods on different nodes need ReadWriteMany"
+        )
 
 
 def submit(cluster: Cluster, objects: list[dict[str, Any]], dry_run: bool, echo: Echo) -> None:
@@ -104,7 +110,9 @@ def find_job(cluster: Cluster, namespace: str, name: str) -> tuple[Kind, dict[st
     """The PyTorchJob or TrainJob called `name` (whichever API the cluster serves)."""
     served = [k for k in JOB_KINDS if k not in cluster.missing_kinds([k])]
     if not served:
-        raise KubeError(f"the cluster at {cluster.host} serves neither PyTorchJob nor TrainJob: {JOB_KINDS[0].install_hint}")
+        raise KubeError(
+            f"the cluster at {cluster.host} serves neither PyTorchJob nor TrainJob: {JOB_KINDS[0].install_hint}"
+        )
     for kind in served:
         obj = cluster.get(kind, namespace, name)
         if obj is not None:
@@ -125,11 +133,16 @@ def wait(cluster: Cluster, kind: Kind, namespace: str, name: str, timeout: float
             echo(f"{kind.kind.lower()}/{name}: {state}" + (f" ({message})" if message else ""))
             last = state
         if state == "Failed":
-            raise KubeError(f"{kind.kind.lower()} {namespace}/{name} failed: {message or 'no message from the operator'}")
+            raise KubeError(
+                f"{kind.kind.lower()} {namespace}/{name} failed: {message or 'no message from the operator'}"
+            )
         if state in job_status.STARTED:
             return obj
         if time.monotonic() >= deadline:
-            raise KubeError(f"timed out after {timeout:g} s waiting for {kind.kind.lower()} {namespace}/{name} to run (state {state})")
+            raise KubeError(
+                f"timed out after {timeout:g} s waiting for {kind.kind.lower()} {namespace}/{name} to run "
+                f"(state {state})"
+            )
         time.sleep(interval)
 
 
@@ -137,7 +150,9 @@ def list_jobs(cluster: Cluster, namespace: str | None) -> list[dict[str, Any]]:
     """Summaries of the llmlaunch jobs (submitted or installed with the chart), oldest first; namespace None = all."""
     served = [k for k in JOB_KINDS if k not in cluster.missing_kinds([k])]
     if not served:
-        raise KubeError(f"the cluster at {cluster.host} serves neither PyTorchJob nor TrainJob: {JOB_KINDS[0].install_hint}")
+        raise KubeError(
+            f"the cluster at {cluster.host} serves neither PyTorchJob nor TrainJob: {JOB_KINDS[0].install_hint}"
+        )
     items = [obj for kind in served for obj in cluster.list(kind, namespace, names.jobs_selector())]
     items.sort(key=lambda o: (o["metadata"].get("creationTimestamp") or "", o["metadata"]["name"]))
     return [job_status.summary(o) for o in items]

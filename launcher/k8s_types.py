@@ -17,7 +17,9 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 
 # The API server's own patterns (apimachinery validation).
-QUANTITY = re.compile(r"^[+]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+QUANTITY = re.compile(
+    r"^[+]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
@@ -43,19 +45,19 @@ def _scalar_to_str(value: Any) -> Any:
 
 def _quantity(value: str) -> str:
     if not QUANTITY.fullmatch(value):
-        raise ValueError(f"not a Kubernetes quantity such as 8, 500m, 64Gi")
+        raise ValueError("not a Kubernetes quantity such as 8, 500m, 64Gi")
     return value
 
 
 def _dns_label(value: str) -> str:
     if len(value) > 63 or not DNS1123_LABEL.fullmatch(value):
-        raise ValueError(f"must be a DNS-1123 label: lowercase letters, digits, '-', at most 63")
+        raise ValueError("must be a DNS-1123 label: lowercase letters, digits, '-', at most 63")
     return value
 
 
 def _dns_subdomain(value: str) -> str:
     if len(value) > 253 or not DNS1123_SUBDOMAIN.fullmatch(value):
-        raise ValueError(f"must be a DNS-1123 name: lowercase letters, digits, '-' and '.'")
+        raise ValueError("must be a DNS-1123 name: lowercase letters, digits, '-' and '.'")
     return value
 
 
@@ -98,19 +100,19 @@ def _annotations(value: dict[str, str]) -> dict[str, str]:
 
 def _env_name(value: str) -> str:
     if not ENV_NAME.fullmatch(value):
-        raise ValueError(f"not an environment variable name")
+        raise ValueError("not an environment variable name")
     return value
 
 
 def _duration(value: str) -> str:
     if not value or not DURATION.fullmatch(value):
-        raise ValueError(f"not a Prometheus duration such as 15s or 1m")
+        raise ValueError("not a Prometheus duration such as 15s or 1m")
     return value
 
 
 def _capability(value: str) -> str:
     if not CAPABILITY.fullmatch(value):
-        raise ValueError(f"not a Linux capability name such as IPC_LOCK")
+        raise ValueError("not a Linux capability name such as IPC_LOCK")
     return value
 
 
@@ -120,7 +122,9 @@ def _str_dict(value: Any) -> Any:
     return value
 
 
-LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
+)
 # Label keys that select a job's objects and pods (names.py); no user labels field may set them.
 RESERVED_LABEL = re.compile(r"^((app\.kubernetes\.io|helm\.sh|training\.kubeflow\.org|jobset\.sigs\.k8s\.io|"
                             r"batch\.kubernetes\.io)/|kueue\.x-k8s\.io/queue-name$)")
@@ -140,7 +144,9 @@ def _map_schema(values: dict, reserved: bool = False) -> WithJsonSchema:
 
 Quantity = Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(_quantity),
                      _schema(type=["string", "number"], pattern=QUANTITY.pattern, minimum=0)]
-DnsLabel = Annotated[str, AfterValidator(_dns_label), _schema(type="string", maxLength=63, pattern=DNS1123_LABEL.pattern)]
+DnsLabel = Annotated[
+    str, AfterValidator(_dns_label), _schema(type="string", maxLength=63, pattern=DNS1123_LABEL.pattern)
+]
 DnsName = Annotated[str, AfterValidator(_dns_subdomain),
                     _schema(type="string", maxLength=253, pattern=DNS1123_SUBDOMAIN.pattern)]
 ResourceName = Annotated[str, AfterValidator(check_label_key), _schema(type="string", pattern=LABEL_KEY.pattern)]
@@ -150,10 +156,19 @@ Capability = Annotated[str, AfterValidator(_capability), _schema(type="string", 
 Labels = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_labels),
                    _map_schema({"type": SCALAR, "maxLength": 63, "pattern": LABEL_VALUE.pattern})]
 # Labels a user adds to llmlaunch's objects (cluster.labels, monitoring.labels, the chart's labels).
-ExtraLabels = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_labels), AfterValidator(_extra_labels),
-                        _map_schema({"type": SCALAR, "maxLength": 63, "pattern": LABEL_VALUE.pattern}, reserved=True)]
-ExtraLabelKey = Annotated[str, AfterValidator(check_label_key), AfterValidator(_not_reserved),
-                          _schema(type="string", pattern=LABEL_KEY.pattern, **{"not": {"pattern": RESERVED_LABEL.pattern}})]
+ExtraLabels = Annotated[
+    dict[str, str],
+    BeforeValidator(_str_dict),
+    AfterValidator(_labels),
+    AfterValidator(_extra_labels),
+    _map_schema({"type": SCALAR, "maxLength": 63, "pattern": LABEL_VALUE.pattern}, reserved=True),
+]
+ExtraLabelKey = Annotated[
+    str,
+    AfterValidator(check_label_key),
+    AfterValidator(_not_reserved),
+    _schema(type="string", pattern=LABEL_KEY.pattern, **{"not": {"pattern": RESERVED_LABEL.pattern}}),
+]
 Annotations = Annotated[dict[str, str], BeforeValidator(_str_dict), AfterValidator(_annotations),
                         _map_schema({"type": SCALAR})]
 StrDict = Annotated[dict[str, str], BeforeValidator(_str_dict),

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote, urlencode
 
 TIMEOUT = (5, 30)  # (connect, read) seconds for ordinary calls
@@ -168,7 +169,9 @@ class Cluster:
         self.request("DELETE", kind.path(namespace, name), body={"propagationPolicy": "Background"})
 
     def merge_patch(self, kind: Kind, namespace: str, name: str, patch: dict) -> dict:
-        return self.request("PATCH", kind.path(namespace, name), body=patch, content_type="application/merge-patch+json")
+        return self.request(
+            "PATCH", kind.path(namespace, name), body=patch, content_type="application/merge-patch+json"
+        )
 
     def patch_status(self, kind: Kind, namespace: str, name: str, status: dict) -> dict:
         """Write a job's status subresource (what the operator does; the tests use it in its place)."""
@@ -210,5 +213,9 @@ def _api_error(status: int, data: bytes) -> KubeError:
     reason = body.get("reason") or {401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}.get(status, "Error")
     message = body.get("message") or (data.decode(errors="replace").strip()[:200] if data else "") or reason
     details_kind = (body.get("details") or {}).get("kind", "")
-    hint = "; the llmlaunch-user Role grants what the CLI needs (docs/cluster.md#least-privilege)" if status == 403 else ""
-    return KubeError(f"{message} ({reason}, HTTP {status}){hint}", status=status, reason=reason, details_kind=details_kind)
+    hint = (
+        "; the llmlaunch-user Role grants what the CLI needs (docs/cluster.md#least-privilege)" if status == 403 else ""
+    )
+    return KubeError(
+        f"{message} ({reason}, HTTP {status}){hint}", status=status, reason=reason, details_kind=details_kind
+    )

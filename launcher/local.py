@@ -8,12 +8,12 @@ import socket
 import sys
 from pathlib import Path
 
-from launcher.spec import JobSpec
+from launcher.errors import RuntimeFailure
 from launcher.local_nodes import LocalNodes, Node
+from launcher.spec import JobSpec
 from launcher.torchrun import agent_env, local_torchrun, operator_env
 from trainer.ds_config import build_ds_config, machine_has_gpu
 from trainer.preflight import run_preflight
-
 
 LOCAL_SHUTDOWN_TIMEOUT_S = 120  # no kubelet here: how long SIGTERM'd trainers get for their emergency checkpoint
 
@@ -71,8 +71,6 @@ def run_local(spec: JobSpec, nodes: int = 1, nproc_per_node: int | None = None) 
     group = LocalNodes(local_nodes, restarts=run.max_restarts)
     code = group.run()
     if group.stopped_by is not None:
-        from launcher.cli import RuntimeFailure
-
         raise RuntimeFailure(f"stopped by {group.stopped_by}; checkpoints are in {out / 'checkpoints'} and "
                              f"the same command resumes from the latest one")
     return code

@@ -9,12 +9,12 @@ on pod deletion; the trainers then agree on an emergency checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-
 
 STOP_GRACE_S = 60  # how long the other nodes get to stop after one failed for good
 
@@ -60,10 +60,8 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
     except psutil.NoSuchProcess:
         return
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
 
 
 @dataclass

@@ -93,9 +93,13 @@ def model_config(cfg: TrainConfig) -> tuple[dict[str, Any], Path | None]:
     try:
         return json.loads((model_dir / "config.json").read_text()), model_dir
     except (OSError, ValueError) as e:
-        raise ConfigError([f"train.model.pretrained: cannot read {model_dir / 'config.json'} to size the model "
-                           f"({getattr(e, 'strerror', None) or e}); the estimate needs the model directory here (or a hub id "
-                           f"in the Hugging Face cache)"]) from e
+        raise ConfigError(
+            [
+                f"train.model.pretrained: cannot read {model_dir / 'config.json'} to size the model "
+                f"({getattr(e, 'strerror', None) or e}); the estimate needs the model directory here (or a hub id "
+                f"in the Hugging Face cache)"
+            ]
+        ) from e
 
 
 def shape_of(cfg: TrainConfig) -> ModelShape:

@@ -7,9 +7,12 @@ DNS-1035 label of at most 63 characters, so the check runs on the longest derive
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from launcher.spec import JobSpec
 from trainer.config import ConfigError
+
+if TYPE_CHECKING:  # annotations only: spec runs the rules, which use this module
+    from launcher.spec import JobSpec
 
 MAX_LABEL = 63
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -95,7 +98,9 @@ def derived_names(spec: JobSpec) -> list[str]:
 def check_names(spec: JobSpec) -> None:
     """Every name the job leads to is a valid DNS-1035 label, or a ConfigError naming the problem."""
     if not DNS1035.fullmatch(spec.name):
-        raise ConfigError([f"name: must start with a letter, since Kubernetes services are named after it (got {spec.name!r})"])
+        raise ConfigError(
+            [f"name: must start with a letter, since Kubernetes services are named after it (got {spec.name!r})"]
+        )
     for derived in [config_map(spec.name), data_claim(spec.name), *derived_names(spec)]:
         if len(derived) > MAX_LABEL:
             raise ConfigError([

@@ -9,7 +9,8 @@ the Events the scheduler and kubelet write (FailedScheduling, FailedMount, Faile
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # Waiting reasons that are only the normal way to Running.
 STARTING = ("ContainerCreating", "PodInitializing")
@@ -34,7 +35,9 @@ def _reason(pod: dict[str, Any]) -> tuple[str, str]:
             if ended.get("reason") in ("OOMKilled", "Error", "ContainerCannotRun") or \
                     (ended and ended.get("exitCode") not in (0, None)):
                 detail = f"container {s['name']} {when}exited with code {ended.get('exitCode')}"
-                return ended.get("reason") or "Error", detail + (f": {ended['message']}" if ended.get("message") else "")
+                return ended.get("reason") or "Error", detail + (
+                    f": {ended['message']}" if ended.get("message") else ""
+                )
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return cond.get("reason") or "Unschedulable", cond.get("message") or ""
@@ -101,7 +104,9 @@ def describe_pods(rows: list[dict[str, Any]]) -> list[str]:
                f"{r['reason']}: {r['message']}" if r["message"] and r["message"] != r["reason"] else r["reason"])
               for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-    return [("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1]).rstrip() for row in table]
+    lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+             for row in table]
+    return [line.rstrip() for line in lines]
 
 
 def describe_events(rows: list[dict[str, Any]]) -> list[str]:

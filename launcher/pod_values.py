@@ -6,10 +6,9 @@ spec, so tests can check them against literal expectations.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher import names
-from launcher.spec import JobSpec
 from launcher.torchrun import (
     PYTORCHJOB_RDZV_ENDPOINT,
     TRAIN_CONFIG_IN_POD,
@@ -17,6 +16,9 @@ from launcher.torchrun import (
     agent_env,
     pod_torchrun,
 )
+
+if TYPE_CHECKING:  # annotations only: spec runs the rules, which use this module
+    from launcher.spec import JobSpec
 
 CONFIG_DIR = TRAIN_CONFIG_IN_POD.rsplit("/", 1)[0]
 PYTORCHJOB_PORT = 23456  # the operator's default rendezvous port (container port "pytorchjob-port")
@@ -38,7 +40,9 @@ def command(spec: JobSpec) -> list[str]:
     max_restarts = c.elastic.max_restarts if c.elastic else spec.train.run.max_restarts
     endpoint = TRAINJOB_RDZV_ENDPOINT if c.api == "trainjob" else PYTORCHJOB_RDZV_ENDPOINT
     nnodes = f"{c.elastic.min_nodes}:{c.elastic.max_nodes}" if c.elastic else str(c.nodes)
-    cmd = pod_torchrun(nnodes, c.procs_per_node, max_restarts=max_restarts, rdzv_endpoint=None if c.elastic else endpoint)
+    cmd = pod_torchrun(
+        nnodes, c.procs_per_node, max_restarts=max_restarts, rdzv_endpoint=None if c.elastic else endpoint
+    )
     if c.api == "trainjob" and c.storage.enabled:
         # A TrainJob cannot set workingDir; coreutils' env changes directory without a shell.
         return ["env", f"--chdir={c.storage.mount_path}", *cmd]

@@ -17,19 +17,10 @@ import yaml
 
 from launcher import names, ownership, pod_values, rules
 from launcher.spec import JobSpec
+from llmlaunch_data import data_path
 from trainer.ds_config import build_ds_config, resolve_precision
 
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def templates_dir() -> Path:
-    """k8s/ next to the source tree, or inside the installed wheel."""
-    here = Path(__file__).resolve().parent.parent / "k8s"
-    if here.is_dir():
-        return here
-    from importlib.resources import files
-
-    return Path(str(files("llmlaunch_data") / "k8s"))
 
 
 def _quote(text: str) -> str:
@@ -100,7 +91,7 @@ def environment():
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        loader=jinja2.FileSystemLoader(str(data_path("k8s"))),
         bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         autoescape=False,

@@ -82,7 +82,9 @@ def summarize(log: RunLog) -> list[tuple[str, str]]:
     losses = [(r["step"], r["loss"]) for r in log.train if _finite([r["loss"]])]
     if losses:
         low_step, low = min(losses, key=lambda sl: sl[1])
-        rows.append(("train loss", f"first {losses[0][1]:.4f}  last {losses[-1][1]:.4f}  min {low:.4f} (step {low_step})"))
+        rows.append(
+            ("train loss", f"first {losses[0][1]:.4f}  last {losses[-1][1]:.4f}  min {low:.4f} (step {low_step})")
+        )
     bad = [r["step"] for r in log.train if not _finite([r["loss"]])]
     if bad:
         rows.append(("non-finite loss", f"{len(bad)} records, first at step {bad[0]}"))

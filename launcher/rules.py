@@ -11,6 +11,8 @@ import datetime
 import math
 from typing import Any
 
+from launcher import names, pod_values
+from launcher.k8s_types import has_control_character
 from trainer.config import ConfigError
 
 # A job file is tens of values; aliases of aliases can make a few lines stand for billions.
@@ -64,8 +66,6 @@ def check_job(spec, local: bool = False, pods: bool = False) -> None:
     and its flags (trainer.preflight checks them), not from cluster.nodes / gpus_per_node.
     pods: the job becomes pods (render, values, submit), which need an image: llmlaunch names none by
     default, since a made-up default fails only later, in the cluster, as ImagePullBackOff."""
-    from launcher import names
-
     names.check_names(spec)
     check_image(spec.cluster.image, required=pods)
     check_ports(spec)
@@ -74,19 +74,17 @@ def check_job(spec, local: bool = False, pods: bool = False) -> None:
 
 
 def check_image(image: str | None, required: bool = False) -> None:
-    from launcher.k8s_types import has_control_character
-
     if image is None:
         if required:
             raise ConfigError([IMAGE_MISSING])
         return
     if has_control_character(image) or any(c.isspace() for c in image):
-        raise ConfigError([f"cluster.image: an image reference has no whitespace or control characters (got {image!r})"])
+        raise ConfigError(
+            [f"cluster.image: an image reference has no whitespace or control characters (got {image!r})"]
+        )
 
 
 def rendezvous_ports() -> dict[int, str]:
-    from launcher import pod_values
-
     return {pod_values.PYTORCHJOB_PORT: "the PyTorchJob rendezvous port",
             pod_values.TRAINJOB_PORT: "the TrainJob rendezvous port"}
 
@@ -107,7 +105,9 @@ def check_topology(spec) -> None:
             raise ConfigError([f"train.run.global_batch_size: {e} on the cluster (cluster.nodes {c.nodes} x "
                                f"{c.procs_per_node} per pod)"]) from e
     elif train.run.global_batch_size is not None:
-        raise ConfigError(["train.run.global_batch_size: cannot be fixed with cluster.elastic (the world size changes)"])
+        raise ConfigError(
+            ["train.run.global_batch_size: cannot be fixed with cluster.elastic (the world size changes)"]
+        )
     if train.precision in ("bf16", "fp16") and c.gpus_per_node == 0:
         # DeepSpeed refuses fp16 on CPU; the chart refuses both (validateDsConfig), so render does too.
         raise ConfigError([f"train.precision: {train.precision} needs GPU pods, but cluster.gpus_per_node is 0 "

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from launcher.cluster_spec import ClusterSpec
+from launcher.rules import check_job, check_plain_data
 from trainer.config import ConfigError, TrainConfig, describe_validation_error
 
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # services are named after the job: a letter first
@@ -33,7 +34,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _dns_name(cls, name: str) -> str:
         if not DNS1035.fullmatch(name):
-            raise ValueError(f"must be lowercase letters, digits and '-', starting with a letter and ending "
+            raise ValueError("must be lowercase letters, digits and '-', starting with a letter and ending "
                              "alphanumeric, since Kubernetes services are named after it")
         if len(name) > MAX_NAME:
             raise ValueError(f"must be at most {MAX_NAME} characters (got {len(name)})")
@@ -95,8 +96,6 @@ def load_job(path: str | Path, overrides: list[str] = (), resolve_paths: bool = 
     """Read a job file, apply `--set` overrides, validate, check every rule of launcher.rules.
     Raises ConfigError (one line per problem). local: for `llmlaunch train`; pods: for the commands that
     make pods (see rules.check_job)."""
-    from launcher.rules import check_job, check_plain_data
-
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())

@@ -53,7 +53,9 @@ def pod_torchrun(nnodes: str | int, nproc_per_node: int, max_restarts: int = 0,
                                        max_restarts=max_restarts, config_path=TRAIN_CONFIG_IN_POD)]
 
 
-def operator_env(*, nnodes: int, node_rank: int, nproc_per_node: int, master_addr: str, master_port: int) -> dict[str, str]:
+def operator_env(
+    *, nnodes: int, node_rank: int, nproc_per_node: int, master_addr: str, master_port: int
+) -> dict[str, str]:
     """The variables the Kubeflow training operator injects into pod `node_rank` of a PyTorchJob.
 
     MASTER_* / WORLD_SIZE / RANK describe pods (torchrun rewrites RANK and WORLD_SIZE for its workers);

@@ -29,7 +29,9 @@ def chart_values(spec: JobSpec, name: str | None = None) -> dict[str, Any]:
     `name` replaces the job name ("" = the release name, as the chart's own values.yaml has it)."""
     rules.check_job(spec, pods=True)
     files = render.config_files(spec)
-    cluster = {key: getattr(spec.cluster, key) for key in type(spec.cluster).model_fields if key in ChartValues.model_fields}
+    cluster = {
+        key: getattr(spec.cluster, key) for key in type(spec.cluster).model_fields if key in ChartValues.model_fields
+    }
     model = ChartValues.model_validate({
         **cluster,
         "name": spec.name if name is None else name,
@@ -49,7 +51,9 @@ def chart_defaults(spec: JobSpec) -> dict[str, Any]:
 
 
 def install_hint(spec: JobSpec, values_file: str) -> str:
-    return shell_command(["helm", "install", spec.name, "./helm/llmlaunch", "-n", spec.cluster.namespace, "-f", values_file])
+    return shell_command(
+        ["helm", "install", spec.name, "./helm/llmlaunch", "-n", spec.cluster.namespace, "-f", values_file]
+    )
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:

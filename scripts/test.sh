@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: set up .venv and the real test infrastructure
-# (Prometheus, etcd + kube-apiserver, a Kubernetes node, helm), then pytest. Extra arguments go to pytest.
+# (Prometheus, etcd + kube-apiserver, a Kubernetes node, helm), then ruff and pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,6 +13,8 @@ if [ -z "$(printf '%s\n' "$@" | grep -v '^-q$\|^-v$\|^-x$')" ]; then
   mkdir -p .tools
   .venv/bin/python tests/images.py >.tools/images-build.log 2>&1 & builder=$!
 fi
+# The linter first (pyproject.toml [tool.ruff]): seconds, and a finding fails the run before the slow part.
+.venv/bin/ruff check .
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
 if [ -n "$builder" ]; then

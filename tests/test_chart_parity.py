@@ -1,11 +1,16 @@
-"""The chart and `llmlaunch render` cannot drift apart: for every example job (and the golden
-variants), `helm template` with the values of `llmlaunch values` gives the objects render gives.
+"""The chart and `llmlaunch render` cannot drift apart: for every scenario (launcher/chart_files.py: the
+examples and their variants, the same list as the golden manifests and the chart's CI values),
+`helm template` with the scenario's values gives the objects render gives.
 
 Canonical form (tests/chart_helm.py): objects sorted by apiVersion, kind, name; parsed YAML, so
-formatting and key order do not count; Helm's own labels (helm.sh/chart, app.kubernetes.io/version,
-managed-by Helm instead of llmlaunch) mapped to render's. Everything else must be equal, every
-byte of train.yaml and ds_config.json included. The chart's extra objects (PrometheusRule and the
-dashboard ConfigMap, which render does not create) are set aside and checked to be exactly those.
+formatting and key order do not count. Everything else must be equal, every byte of train.yaml and
+ds_config.json included. What remains different, and why:
+- Helm's release labels: helm.sh/chart and app.kubernetes.io/version only on the chart's objects, and
+  managed-by Helm instead of llmlaunch: they say who manages the object (`helm upgrade/uninstall` vs
+  `llmlaunch delete`), so they must differ; canonical() maps them.
+- The chart's alert rules (PrometheusRule) and Grafana dashboard (ConfigMap): installed once per
+  release for every job, which render (one job) does not create. They are not skipped: each must be
+  monitoring/'s file unchanged, with render's labels for its component, where the values switch it on.
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ import pytest
 import yaml
 
 import chart_helm
-from golden_cases import cases, load_case
+from golden_cases import load_case
+from launcher.chart_files import SCENARIOS, scenario_values
 from launcher.k8s_types import has_control_character
+from launcher.names import common_labels
 from launcher.render import render
 from launcher.spec import JobSpec
 from launcher.values import chart_values, documented_yaml
 
 pytestmark = pytest.mark.helm
+RULES = chart_helm.ROOT / "monitoring" / "alerts" / "llmlaunch-rules.yaml"
+DASHBOARD = chart_helm.ROOT / "monitoring" / "dashboards" / "llmlaunch.json"
 
 
 def chart_objects(spec: JobSpec, tmp_path, values_text: str | None = None) -> tuple[list[dict], list[dict]]:
@@ -33,18 +42,37 @@ def chart_objects(spec: JobSpec, tmp_path, values_text: str | None = None) -> tu
     return [o for o in objects if not chart_helm.is_chart_extra(o)], extras
 
 
-@pytest.mark.parametrize("name", sorted(cases()))
+def check_chart_extras(spec: JobSpec, values: dict, extras: list[dict]) -> None:
+    """The alert rules and the dashboard: monitoring/'s files, render's labels, only where switched on."""
+    monitoring = values.get("monitoring", {})
+    expected = {}
+    if monitoring.get("prometheusRule", {}).get("enabled", True):
+        expected["PrometheusRule"] = f"{spec.name}-alerts"
+    if monitoring.get("dashboard", {}).get("enabled", True):
+        expected["ConfigMap"] = f"{spec.name}-dashboard"
+    assert {o["kind"]: o["metadata"]["name"] for o in extras} == expected and len(extras) == len(expected)
+    for obj in chart_helm.canonical(extras):
+        component = "alerts" if obj["kind"] == "PrometheusRule" else "dashboard"
+        labels = obj["metadata"]["labels"]
+        assert {k: labels.get(k) for k in common_labels(spec, component)} == common_labels(spec, component)
+        if component == "alerts":
+            assert obj["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+        else:
+            assert obj["data"] == {"llmlaunch.json": DASHBOARD.read_text()}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_helm_template_equals_llmlaunch_render(name, tmp_path):
     spec = load_case(name)
-    objects, extras = chart_objects(spec, tmp_path)
+    values = scenario_values(name)
+    objects, extras = chart_objects(spec, tmp_path, documented_yaml(values, ["test"]))
     assert chart_helm.canonical(objects) == chart_helm.canonical(render(spec))
-    assert sorted((o["kind"], o["metadata"]["name"]) for o in extras) == [
-        ("ConfigMap", f"{spec.name}-dashboard"), ("PrometheusRule", f"{spec.name}-alerts")]
+    check_chart_extras(spec, values, extras)
 
 
 def test_parity_is_not_vacuous(tmp_path):
     """The comparison sees a one-character difference in any part of the job."""
-    spec = load_case("pretrain-multinode")
+    spec = load_case("multi-node")
     objects, _ = chart_objects(spec, tmp_path)
     rendered = render(spec)
     for path in (["data", "ds_config.json"], ["spec", "pytorchReplicaSpecs", "Worker", "replicas"]):

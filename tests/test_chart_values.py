@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
 
 from golden_cases import cases, load_case
+from launcher import chart_files
 from launcher.chart_values import ChartValues
 from launcher.cli import cli
 from launcher.render import config_files
@@ -47,11 +48,11 @@ def schema_errors(values: dict) -> list[str]:
 
 
 def test_generated_chart_files_are_up_to_date():
-    stale = [str(p.relative_to(ROOT)) for p, text in update_chart().expected_files().items()
+    stale = [str(p.relative_to(ROOT)) for p, text in chart_files.expected_files().items()
              if not p.is_file() or p.read_text() != text]
     assert stale == [], f"out of date (run python scripts/update-chart.py): {stale}"
     ci = {p.name for p in (CHART / "ci").glob("*-values.yaml")}
-    assert ci == {f"{n}-values.yaml" for n in update_chart().SCENARIOS}
+    assert ci == {f"{n}-values.yaml" for n in chart_files.SCENARIOS}
 
 
 def test_the_update_script_reports_and_repairs_a_stale_file(tmp_path, monkeypatch):
@@ -59,7 +60,7 @@ def test_the_update_script_reports_and_repairs_a_stale_file(tmp_path, monkeypatc
     chart = tmp_path / "llmlaunch"
     (chart / "ci").mkdir(parents=True)
     (chart / "ci" / "gone-values.yaml").write_text("old scenario\n")
-    monkeypatch.setattr(module, "CHART", chart)
+    monkeypatch.setattr(chart_files, "CHART", chart)
     assert module.main(["--check"]) == 1 and not (chart / "values.yaml").exists()
     assert module.main([]) == 0 and module.main(["--check"]) == 0
     assert (chart / "values.schema.json").read_text() == (CHART / "values.schema.json").read_text()
@@ -78,7 +79,7 @@ def test_values_of_every_example_pass_the_schema_and_carry_its_config(name):
 
 
 def test_values_are_the_cluster_section_in_camel_case():
-    spec = load_case("pretrain-multinode")
+    spec = load_case("multi-node")
     values = chart_values(spec)
     assert values["gpusPerNode"] == 8 and values["resources"]["shmSize"] == "64Gi"
     assert values["storage"] == {"claim": None, "size": "2Ti", "storageClass": "shared-rwx",
@@ -114,7 +115,7 @@ def test_every_value_has_a_comment_above_it(path):
 
 def test_chart_defaults_are_the_tiny_example_named_after_the_release():
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
-    expected = chart_values(load_case("tiny"), name="")
+    expected = chart_values(load_case("single-node"), name="")
     expected["network"]["metricsFrom"] = {}  # the chart fills it in (templates/_defaults.tpl): Helm would merge maps
     assert defaults == expected
 
@@ -130,7 +131,7 @@ def test_chart_defaults_are_the_tiny_example_named_after_the_release():
     ({"monitoring": {"interval": "soon"}}, "monitoring/interval: 'soon' does not match"),
 ])
 def test_the_schema_rejects_bad_values_naming_them(change, error):
-    values = chart_values(load_case("tiny"))
+    values = chart_values(load_case("single-node"))
     for key, value in change.items():
         values[key] = {**values[key], **value} if isinstance(value, dict) and key in values else value
     assert any(line.startswith(error) for line in schema_errors(values)), schema_errors(values)
@@ -197,7 +198,7 @@ def test_chart_targets_this_release_of_llmlaunch():
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2" and chart["appVersion"] == version
-    assert chart_values(load_case("tiny"))["image"].endswith(f":{version}")
+    assert chart_values(load_case("single-node"))["image"].endswith(f":{version}")
     assert chart["kubeVersion"] == ">=1.20.0-0 <1.35.0-0"  # 1.20: the tests' apiserver; 1.34: newest schemas checked
 
 

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECKOV = Path(os.environ.get("LLMLAUNCH_CHECKOV", ROOT / ".tools/checkov-venv/bin/checkov"))
 SKIPS = yaml.safe_load((ROOT / "k8s" / "checkov-skips.yaml").read_text())
 
+pytestmark = pytest.mark.tools  # checkov, installed by scripts/install-test-deps.sh
+
 
 def applies(skip: dict, spec) -> bool:
     c = spec.cluster

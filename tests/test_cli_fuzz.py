@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
@@ -41,6 +42,7 @@ def fuzz_settings(examples: int):
                     phases=[Phase.explicit, Phase.generate, Phase.shrink])
 
 
+@pytest.mark.slow
 @fuzz_settings(200)
 @example(case=(BASE, ()))
 @example(case=(full_base(), ()))
@@ -52,6 +54,7 @@ def test_schema_derived_job_files_are_accepted_or_refused_line_by_line(case):
     event(f"validate exit {outcomes['validate'].code}{' (certainly invalid)' if broken else ''}")
 
 
+@pytest.mark.slow
 def test_every_change_the_schema_forbids_is_refused_in_one_line_naming_the_key():
     """Each of the ~770 single changes, not a sample: a bound, enum or closed section that stops being
     enforced is caught on every run (about 10 ms a change)."""

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from golden_cases import cases, load_case
+from golden_cases import TEST_IMAGE, cases, load_case
+from launcher.chart_files import SCENARIOS
 from launcher.render import render, to_yaml_stream
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -29,3 +30,9 @@ def test_manifests_match_the_snapshot(name):
 
 def test_no_stale_snapshots():
     assert {p.stem for p in GOLDEN.glob("*.yaml")} == set(cases())
+
+
+def test_every_example_is_a_scenario_as_written():
+    """A new example gets its snapshot, chart values and parity case by joining launcher.chart_files.SCENARIOS."""
+    as_written = {s.example for s in SCENARIOS.values() if s.overrides in ([], [f"cluster.image={TEST_IMAGE}"])}
+    assert {p.stem for p in (GOLDEN.parent.parent / "examples").glob("*.yaml")} <= as_written

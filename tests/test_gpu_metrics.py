@@ -7,6 +7,7 @@ UUID, only the GPUs of the node's ranks, readings a GPU does not support, and "a
 from __future__ import annotations
 
 import pynvml
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -138,6 +139,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_ranks_with_different_visible_devices_export_their_own_gpus_by_uuid():
     """Three real processes (gloo): node 0 has ranks 0 and 1, each seeing one other GPU of four
     (CUDA_VISIBLE_DEVICES 3 and 1, so both call it cuda:0); node 1 has rank 2. Each node exports

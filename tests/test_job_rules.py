@@ -194,6 +194,7 @@ def test_other_kueue_labels_stay_allowed():
     ["--set", "monitoring.dashboard.labels.app\\.kubernetes\\.io/component=x"],
     ["--set", "monitoring.dashboard.sidecarLabel=app.kubernetes.io/name"],
 ])
+@pytest.mark.helm
 def test_the_chart_refuses_the_same_labels(values):
     result = helm("template", "demo", str(CHART), *values, check=False)
     assert result.returncode != 0 and "values don't meet the specifications of the schema" in result.stderr, result.stderr

@@ -19,7 +19,7 @@ def test_every_object_validates(name):
 
 
 def test_the_checker_rejects_what_a_server_would_prune_or_refuse():
-    job = render(load_case("tiny"))[-1]
+    job = render(load_case("single-node"))[-1]
     job["spec"]["runPolicy"]["cleanupPolicy"] = "All"  # misspelt field: a server would drop it silently
     job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "lots"
     job["metadata"]["label"] = {"team": "a"}  # metadata is checked as ObjectMeta

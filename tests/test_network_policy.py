@@ -96,7 +96,7 @@ def test_metrics_from_selects_the_scraper():
     assert not ingress_allowed(anywhere, OTHERS["pod of the same namespace"], METRICS)
 
 
-@pytest.mark.parametrize("chart", [False, True], ids=["render", "chart"])
+@pytest.mark.parametrize("chart", [False, pytest.param(True, marks=pytest.mark.helm)], ids=["render", "chart"])
 def test_block_metadata_egress_blocks_link_local_and_nothing_else(chart, tmp_path):
     setting = "cluster.network.block_metadata_egress=true"
     policy = chart_policy(tmp_path, setting) if chart else policy_of(setting)

@@ -50,7 +50,7 @@ def rows_of(data: TokenData, docs) -> list[list[tuple[int, int]]]:
     return out
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", pytest.param("flex_attention", marks=pytest.mark.slow)])
 def test_packed_micro_batches_give_the_same_logits_and_loss_as_each_document_alone(attn):
     # 3 rows of 64: several documents each, padding at the end of some rows, a micro batch > 1.
     docs = documents([11, 17, 9, 20, 30, 25, 5, 40, 13], seed=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -54,6 +55,7 @@ def rendered(spec: JobSpec) -> list[dict]:
 BASELINE = rendered(job_with("plain", "ghcr.io/x/trainer:1"))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=TEXT, image=st.text(min_size=1, max_size=20).filter(
     lambda s: not any(c.isspace() for c in s) and not has_control_character(s)))

@@ -21,13 +21,14 @@ import pytest
 import yaml
 
 import schema_check
-from golden_cases import VARIANTS, cases, load_case
+from golden_cases import cases, load_case
+from launcher.chart_files import SCENARIOS
 from launcher.pod_values import SA_TOKEN_DIR
 from launcher.render import render
 from launcher.spec import load_job
 from trainer_v23 import trainer_pod
 
-FULL = VARIANTS["tiny-trainjob-full"][1]
+FULL = SCENARIOS["tiny-trainjob-full"].overrides
 TRAINJOB_CASES = sorted(name for name in cases() if "cluster.api=trainjob" in cases()[name][1])
 
 # Pod fields a PyTorchJob sets that a Trainer v2.3 runtime patch cannot reach, and why that is fine.
@@ -45,7 +46,7 @@ CONTAINER_DIFFERENCES = {
 
 
 def _objects(overrides):
-    return {o["kind"]: o for o in render(load_job(cases()["tiny"][0], overrides, resolve_paths=False))}
+    return {o["kind"]: o for o in render(load_job(cases()["single-node"][0], overrides, resolve_paths=False))}
 
 
 def _pytorchjob_master(overrides) -> dict:
@@ -53,6 +54,7 @@ def _pytorchjob_master(overrides) -> dict:
     return _objects(pytorch)["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
 
 
+@pytest.mark.tools  # kubectl patch --local applies the runtime patch as Trainer v2.3 does
 def test_the_trainer_pod_gets_everything_a_pytorchjob_pod_gets():
     trainjob = _objects(FULL)["TrainJob"]
     pod, master = trainer_pod(trainjob), _pytorchjob_master(FULL)
@@ -87,6 +89,7 @@ def test_the_trainer_pod_gets_everything_a_pytorchjob_pod_gets():
     assert trainjob["spec"]["activeDeadlineSeconds"] == 86400
 
 
+@pytest.mark.tools
 def test_no_container_of_the_trainer_pod_gets_the_service_account_token():
     """The ServiceAccount admission plugin mounts the token only into containers without a mount at its path,
     and adds the token volume only if one needs it (plugin/pkg/admission/serviceaccount, 1.20 to today)."""
@@ -96,6 +99,7 @@ def test_no_container_of_the_trainer_pod_gets_the_service_account_token():
     assert next(v for v in pod["spec"]["volumes"] if v["name"] == "no-sa-token") == {"name": "no-sa-token", "emptyDir": {}}
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("name", TRAINJOB_CASES)
 def test_the_trainer_pod_is_a_valid_pod(name):
     pod = trainer_pod(render(load_case(name))[-1])
@@ -187,7 +191,7 @@ def test_the_cel_evaluation_can_fail():
 def test_the_apiserver_stores_the_trainjob_as_rendered_and_prunes_the_v20_shape(control_plane):
     ns = control_plane.create_namespace("tj")
     path = f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs"
-    objects = render(load_job(cases()["tiny"][0], [*FULL, f"cluster.namespace={ns}"], resolve_paths=False))
+    objects = render(load_job(cases()["single-node"][0], [*FULL, f"cluster.namespace={ns}"], resolve_paths=False))
     job = objects[-1]
     stored = control_plane.api("POST", path, job)
     assert stored["spec"] == {**job["spec"], "managedBy": "trainer.kubeflow.org/trainjob-controller"}  # CRD default

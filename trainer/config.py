@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator, model_validator
 
+from trainer.errors import ConfigError
+
 PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero3-offload")
 
 
@@ -351,14 +353,6 @@ class TrainConfig(Section):
     @classmethod
     def from_yaml_file(cls, path: str | Path) -> TrainConfig:
         return cls.model_validate(yaml.safe_load(Path(path).read_text()))
-
-
-class ConfigError(ValueError):
-    """A job file or train.yaml problem; each entry of `problems` is one line naming the key."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 def describe_validation_error(exc: Exception, prefix: str = "") -> list[str]:

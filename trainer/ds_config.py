@@ -11,23 +11,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmlaunch_data import data_path
 from trainer.config import ConfigError, TrainConfig
 
 Precision = str  # "bf16" | "fp16" | "fp32"
 
 
-def presets_dir() -> Path:
-    """ds_configs/ next to the source tree, or inside the installed wheel."""
-    here = Path(__file__).resolve().parent.parent / "ds_configs"
-    if here.is_dir():
-        return here
-    from importlib.resources import files
-
-    return Path(str(files("llmlaunch_data") / "ds_configs"))
-
-
 def load_preset(name: str) -> dict[str, Any]:
-    path = presets_dir() / f"{name}.json"
+    path = data_path("ds_configs") / f"{name}.json"
     if not path.is_file():
         raise ConfigError([f"train.deepspeed.preset: no preset file {path}"])
     return json.loads(path.read_text())

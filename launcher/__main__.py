@@ -1,0 +1,5 @@
+"""`python -m launcher ...` is the `llmlaunch` command."""
+
+from launcher.cli import main
+
+main()
