@@ -12,9 +12,9 @@ kubelet's clusterDNS points at it, clusterDomain = `domain`.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
-import grp
 import shutil
 import signal
 import socket
@@ -94,7 +94,7 @@ class ClusterDNS(Poller):
         self.reloads = 0
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "ClusterDNS":
+    def start(self) -> ClusterDNS:
         dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         if not os.access(dnsmasq, os.X_OK):
             raise RuntimeError("cluster DNS needs dnsmasq (Debian package dnsmasq-base): run scripts/install-test-deps.sh")

@@ -20,11 +20,31 @@ import copy
 import time
 import urllib.parse
 
+from operator_standin_specs import (
+    INIT_IMAGE_DEFAULT,
+    INIT_MAX_TRIES_DEFAULT,
+    apply_defaults,
+    gen_labels,
+    new_pod,
+    new_service,
+    replica_types,
+)
+from operator_standin_status import (
+    by_index,
+    count_pod,
+    exit_code,
+    is_active,
+    is_finished,
+    is_true,
+    normalised,
+    now,
+    past_backoff_limit,
+    reason,
+    since,
+    update_condition,
+    update_job_status,
+)
 from poller import Poller
-from operator_standin_specs import (INIT_IMAGE_DEFAULT, INIT_MAX_TRIES_DEFAULT, apply_defaults, gen_labels, new_pod,
-                                    new_service, replica_types)
-from operator_standin_status import (by_index, count_pod, exit_code, is_active, is_finished, is_true, normalised,
-                                     now, past_backoff_limit, reason, since, update_condition, update_job_status)
 
 MANAGED_BY_DEFAULT = "kubeflow.org/training-operator"  # pkg/apis/kubeflow.org/v1/common_types.go
 
@@ -42,7 +62,7 @@ class PyTorchJobOperator(Poller):
         self._created_uids: set[str] = set()
 
     # --- lifecycle ---
-    def start(self) -> "PyTorchJobOperator":
+    def start(self) -> PyTorchJobOperator:
         self.reconcile_all()
         self.start_polling(f"pytorchjob-operator-{self.namespace}")
         return self
@@ -127,7 +147,7 @@ class PyTorchJobOperator(Poller):
         if run_policy.get("backoffLimit") is not None:
             limit = int(run_policy["backoffLimit"])
             # previousRetry is the FakeWorkQueue's NumRequeues: always 0 in v1.9.4
-            exceeds = failed > prev_failed and active != total and 0 + 1 > limit
+            exceeds = failed > prev_failed and active != total and limit < 0 + 1
             if exceeds or past_backoff_limit(job, pods, limit):
                 failure = f"Job {name} has failed because it has reached the specified backoff limit"
         if failure is None and run_policy.get("activeDeadlineSeconds") is not None and status.get("startTime") \

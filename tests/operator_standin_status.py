@@ -7,7 +7,15 @@ from __future__ import annotations
 import copy
 import datetime
 
-from operator_standin_specs import KIND, MASTER, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL, WORKER, gen_labels, replica_types
+from operator_standin_specs import (
+    KIND,
+    MASTER,
+    REPLICA_INDEX_LABEL,
+    REPLICA_TYPE_LABEL,
+    WORKER,
+    gen_labels,
+    replica_types,
+)
 
 
 def now() -> str:

@@ -11,7 +11,6 @@ from launcher.spec import load_job
 from trainer.config import ConfigError, TrainConfig
 from trainer.ds_config import build_ds_config, resolve_precision
 from trainer.preflight import run_preflight
-
 from trainjobs import REPO, tiny_job
 
 

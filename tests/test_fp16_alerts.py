@@ -122,7 +122,7 @@ def promtool_test(tmp_path, series: list[dict], cases: list[dict]) -> str:
 def test_a_healthy_fp16_run_stays_quiet_for_longer_than_for_plus_range(tmp_path, monkeypatch, gloo):  # noqa: F811
     rule = alert_rule()
     quiet_needed = minutes(rule["for"]) + max(minutes(r) for r in re.findall(r"\[(\d+[smh])\]", rule["expr"]))
-    assert SCRAPES - 1 > quiet_needed  # the evaluations below span more than for + range
+    assert quiet_needed < SCRAPES - 1  # the evaluations below span more than for + range
     # An overflow every 40 steps, the scale halved and doubled back 20 clean steps later: 4 overflows.
     overflows = set(range(40, STEPS_PER_SCRAPE * SCRAPES + 1, 40))
     series = exported_series(tmp_path, monkeypatch, "healthy", overflows, window=20)

@@ -28,8 +28,20 @@ import pytest
 
 from cluster_dns import ClusterDNS
 from images import build_all
-from node_jobs import (POD_UID, STORAGE_CLASS, bind_user_to_the_role, cli, create_claim, create_volume, host_volume,
-                       job_file, job_pods, podmonitor_scrape_config, running_container, wait_for)
+from node_jobs import (
+    POD_UID,
+    STORAGE_CLASS,
+    bind_user_to_the_role,
+    cli,
+    create_claim,
+    create_volume,
+    host_volume,
+    job_file,
+    job_pods,
+    podmonitor_scrape_config,
+    running_container,
+    wait_for,
+)
 from operator_standin import PyTorchJobOperator
 from tests.fixtures.control_plane import ControlPlane
 from tests.fixtures.node import POD_SUBNET, Node

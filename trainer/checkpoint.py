@@ -27,7 +27,8 @@ from deepspeed.checkpoint.constants import (
 )
 
 from trainer.checkpoint_manifest import MARKER, checkpoint_files, describe, share
-from trainer.checkpoint_state import encode as encode_loop_state, loop_file
+from trainer.checkpoint_state import encode as encode_loop_state
+from trainer.checkpoint_state import loop_file
 from trainer.failpoints import failpoint
 
 log = logging.getLogger("llmlaunch.trainer")

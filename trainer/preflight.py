@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trainer.config import ConfigError, TrainConfig
 from trainer import hub_cache
+from trainer.config import ConfigError, TrainConfig
 from trainer.ds_config import resolve_precision
 from trainer.remote_sources import check_remote, is_remote
 
