@@ -123,9 +123,11 @@ def prepare_units(units: list[tuple[str, Unit]], root: Path, build: Callable[[st
     root.mkdir(parents=True, exist_ok=True)
     mine = units[rank::world_size]
     order = mine + [u for i, u in enumerate(units) if i % world_size != rank]
+    done: set[str] = set()  # a done shard stays done: only the missing ones are looked at again
     while True:
-        missing = [(uid, unit) for uid, unit in order if not is_done(root / uid)]
-        progress.done_units({uid for uid, _ in units} - {uid for uid, _ in missing})
+        missing = [(uid, unit) for uid, unit in order if uid not in done and not is_done(root / uid)]
+        done = {uid for uid, _ in units} - {uid for uid, _ in missing}
+        progress.done_units(done)
         for uid, _ in missing:
             error = root / f"{uid}.error"
             if error.is_file():
