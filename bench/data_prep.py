@@ -9,7 +9,9 @@ words, seeded) is written under --work and deleted at the end. Figures per size:
   baseline (sizes in --baseline-sizes): load_dataset("json") + map(num_proc=2, batched) with the same
            tokenizer, on the same files: wall seconds, tokens/s, peak RSS of the parent and of its workers
   second_start: a fresh process that loads the tokenizer, finds the prepared cache and builds the first
-           micro batch (what a restart does before its first step): seconds, and whether it read data
+           micro batch (the data's part of a restart): seconds, and the bytes it read (rchar: libraries,
+           tokenizer; not the corpus); trainer_first_step_s: `python -m trainer` (a tiny model, 1 CPU
+           process) on that cache, from its start to its first step
 Targets (issue 14): prepare tokens/s >= baseline; RSS at the largest size <= 1.2 x at the smallest;
 second_start independent of size (within 20%).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -56,7 +59,8 @@ def config(folder: Path, cache: Path):
 
     return TrainConfig.model_validate({
         "model": {"config": {"model_type": "llama", "vocab_size": 512}, "tokenizer": str(TOKENIZER)},
-        "data": {"train": str(folder), "seq_len": 1024, "cache_dir": str(cache)}, "run": {"max_steps": 1}})
+        "data": {"train": str(folder), "seq_len": 1024, "cache_dir": str(cache), "chunk_mb": 4},
+        "run": {"max_steps": 1}})
 
 
 def peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
@@ -67,9 +71,11 @@ def worker(folder: Path, cache: Path, rank: int, world: int) -> dict:
     from trainer.data import build_data, load_tokenizer
 
     cfg = config(folder, cache)
-    data = build_data(cfg, load_tokenizer(cfg.model), split="train", packing=True, cache_dir=cache, rank=rank,
-                      world_size=world)
-    return {"rss_mb": round(peak_rss_mb(), 1), "tokens": int(data.rows.meta["tokens"])}
+    tokenizer = load_tokenizer(cfg.model)
+    ready = time.time()  # imports and the tokenizer loaded: the baseline's clock starts here too
+    data = build_data(cfg, tokenizer, split="train", packing=True, cache_dir=cache, rank=rank, world_size=world)
+    return {"rss_mb": round(peak_rss_mb(), 1), "tokens": int(data.rows.meta["tokens"]), "ready": ready,
+            "end": time.time()}
 
 
 def baseline(folder: Path, hf_cache: Path) -> dict:
@@ -103,6 +109,35 @@ def second_start(folder: Path, cache: Path) -> dict:
     return {"seconds": round(time.perf_counter() - start, 2), "rchar_mb": round(read / 1e6, 1)}
 
 
+def trainer_first_step(folder: Path, cache: Path, work: Path) -> float:
+    """Seconds from starting `python -m trainer` (1 process, CPU, a tiny model) on the prepared cache to
+    its first step's line in metrics.jsonl: the whole restart, imports and model included."""
+    import yaml
+
+    from tests.trainjobs import TINY_MODEL
+
+    out = work / "trainer-out"
+    cfg = {"model": {"config": {**TINY_MODEL, "max_position_embeddings": 1024}, "tokenizer": str(TOKENIZER)},
+           "data": {"train": str(folder), "seq_len": 1024, "cache_dir": str(cache), "chunk_mb": 4},
+           "run": {"output_dir": str(out), "max_steps": 1, "micro_batch_size": 1, "log_every": 1},
+           "deepspeed": {"preset": "zero0"}, "metrics": {"enabled": False}}
+    (work / "train.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "LLMLAUNCH_FORCE_CPU": "1", "PYTHONPATH": str(ROOT), "MASTER_PORT": "29731",
+           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(work / "train.yaml")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    while not (metrics.is_file() and '"loss"' in metrics.read_text()):
+        if proc.poll() is not None:
+            raise SystemExit(f"the trainer stopped before its first step:\n{proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    proc.communicate()
+    shutil.rmtree(out, ignore_errors=True)
+    return round(seconds, 2)
+
+
 def child(*args: str) -> dict:
     result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
     if result.returncode:
@@ -111,16 +146,17 @@ def child(*args: str) -> dict:
 
 
 def prepare(folder: Path, cache: Path, world: int = 2) -> dict:
-    start = time.perf_counter()
+    start = time.time()
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(folder), str(cache), str(rank), str(world)],
                               stdout=subprocess.PIPE, text=True) for rank in range(world)]
     outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    seconds = time.perf_counter() - start
     if any(p.returncode for p in procs):
         raise SystemExit("a preparing process failed")
     tokens = outs[0]["tokens"]
+    # From the first process ready (imports and tokenizer loaded) to the last done, as the baseline.
+    seconds = max(o["end"] for o in outs) - min(o["ready"] for o in outs)
     return {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds),
-            "rss_mb": [o["rss_mb"] for o in outs]}
+            "with_startup_s": round(max(o["end"] for o in outs) - start, 2), "rss_mb": [o["rss_mb"] for o in outs]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             if str(size) in args.baseline_sizes.split(","):
                 row["baseline_datasets"] = child("--baseline", str(folder), str(args.work / f"hf-{size}"))
             row["second_start"] = child("--second-start", str(folder), str(cache))
+            row["second_start"]["trainer_first_step_s"] = trainer_first_step(folder, cache, args.work)
             figures[size] = row
             shutil.rmtree(folder)
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -161,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "rss_ratio_largest_to_smallest": round(max(large["prepare"]["rss_mb"]) / max(small["prepare"]["rss_mb"]), 3),
         "second_start_ratio": round(large["second_start"]["seconds"] / small["second_start"]["seconds"], 3),
+        "trainer_first_step_ratio": round(large["second_start"]["trainer_first_step_s"]
+                                          / small["second_start"]["trainer_first_step_s"], 3),
         "throughput_vs_datasets": {s: round(f["prepare"]["tokens_per_s"] / f["baseline_datasets"]["tokens_per_s"], 3)
                                    for s, f in figures.items() if "baseline_datasets" in f},
     }

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_data import make_cfg, write_jsonl
 
 import trainer.data as data_module
 from trainer.data import build_data, load_tokenizer, tokenize_texts
@@ -18,8 +19,6 @@ from trainer.data_readers import plan_units
 from trainer.data_sources import DataError
 from trainer.packing import pack_documents, pad_documents
 from trainer.prep_progress import PrepMetrics
-
-from test_data import make_cfg, write_jsonl
 
 WORDS = "the red ball is in the kitchen and a small cat lived in the hall counting by two from ten".split()
 

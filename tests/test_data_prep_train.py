@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_data_prep import corpus
 from trainjobs import losses, tiny_job, train
 
@@ -34,8 +33,9 @@ def test_two_nodes_prepare_once_and_train_the_same_losses_again_and_across_a_res
 
     # The rows two nodes laid out are the rows one process lays out.
     (entry,) = [p for p in (tmp_path / "cache-a").glob("train-*") if (p / "meta.json").is_file()]
-    from trainer.config import TrainConfig
     import yaml
+
+    from trainer.config import TrainConfig
 
     cfg = TrainConfig.model_validate(yaml.safe_load(job(tmp_path / "c", folder, tmp_path / "one").read_text())["train"])
     alone = build_data(cfg, load_tokenizer(cfg.model), split="train", packing=True, cache_dir=tmp_path / "one",

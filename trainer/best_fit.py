@@ -9,6 +9,8 @@ Ding et al., 2024). A Fenwick tree over free-space sizes finds that row in O(log
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 
@@ -83,4 +85,4 @@ def best_fit_placement(lengths: np.ndarray, seq_len: int) -> tuple[np.ndarray, n
 def best_fit_rows(lengths: np.ndarray, seq_len: int) -> list[list[int]]:
     """best_fit_placement as one list of indices per row."""
     order, row_ptr = best_fit_placement(lengths, seq_len)
-    return [order[a:b].tolist() for a, b in zip(row_ptr[:-1], row_ptr[1:])]
+    return [order[a:b].tolist() for a, b in pairwise(row_ptr)]

@@ -78,10 +78,21 @@ Document = tuple[np.ndarray, np.ndarray]  # (token ids, is-loss-target)
 def tokenize_texts(tokenizer, texts: list[str], batch: int = 1000) -> list[Document]:
     """Each non-empty text -> its ids (with the tokenizer's own BOS if it adds one) + EOS, all targets."""
     eos = tokenizer.eos_token_id
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    # The Rust tokenizer's encode_batch_fast gives the ids tokenizer(texts) gives (tests/test_data.py compares
+    # them), about twice as fast: it computes no character offsets and builds no Python attention masks.
+    fast = getattr(backend, "encode_batch_fast", None)
+    if backend is not None and (backend.truncation is not None or backend.padding is not None):
+        fast = None  # tokenizer(texts) switches a tokenizer.json's truncation / padding off; encode would not
     documents = []
     texts = [t for t in texts if t]
     for i in range(0, len(texts), batch):
-        for ids in tokenizer(texts[i : i + batch], add_special_tokens=True, verbose=False)["input_ids"]:
+        part = texts[i : i + batch]
+        if fast is not None:
+            encoded = [e.ids for e in fast(part, add_special_tokens=True)]
+        else:
+            encoded = tokenizer(part, add_special_tokens=True, verbose=False)["input_ids"]
+        for ids in encoded:
             if not ids or ids[-1] != eos:
                 ids = ids + [eos]
             documents.append((np.array(ids, np.int32), np.ones(len(ids), bool)))
@@ -164,8 +175,8 @@ def build_data(cfg: TrainConfig, tokenizer, *, split: str, packing: bool, cache_
     else:
         prepare(source, entry, tokenize=_tokenizer_of(tokenizer, source), split=split, seq_len=data.seq_len,
                 packing=packing, pad_id=tokenizer.pad_token_id, eval_fraction=data.eval_fraction if held_out else None,
-                chunk_records=data.chunk_records, rank=int(os.environ.get("RANK", 0)) if rank is None else rank,
-                world_size=int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size, metrics=metrics)
+                chunk_records=data.chunk_records, rank=int(os.environ.get("RANK", "0")) if rank is None else rank,
+                world_size=int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size, metrics=metrics)
     return TokenData.load(entry, **options)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -46,7 +47,7 @@ class PrepMetrics:
     @classmethod
     def from_env(cls, metrics_cfg, job: str) -> PrepMetrics:
         local = os.environ.get("LLMLAUNCH_LOCAL_RUN") == "1"  # several "nodes" on one host: a port each
-        node_rank = int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", 0)))
+        node_rank = int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", "0")))
         return cls(enabled=metrics_cfg.enabled and os.environ.get("LOCAL_RANK", "0") == "0",
                    port=metrics_cfg.port + (node_rank if local else 0), job=os.environ.get("LLMLAUNCH_JOB", job),
                    namespace=os.environ.get("LLMLAUNCH_NAMESPACE"), node_rank=node_rank)
@@ -130,4 +131,4 @@ class PrepProgress:
         log.info("%s: preparing %s data: %d/%d units, %.0f/%.0f MB, %d records, %d tokens, %.1f MB/s, ETA %s",
                  self.key, self.split, len(self.counted), len(self.sizes), f["llmlaunch_data_prepare_bytes"] / 1e6,
                  self.total_bytes / 1e6, f["llmlaunch_data_prepare_records"], f["llmlaunch_data_prepare_tokens"],
-                 f["llmlaunch_data_prepare_bytes_per_second"] / 1e6, "?" if eta != eta else f"{eta:.0f} s")
+                 f["llmlaunch_data_prepare_bytes_per_second"] / 1e6, "?" if math.isnan(eta) else f"{eta:.0f} s")

@@ -8,6 +8,8 @@ shards are exactly the rows pack_documents gives for the same documents.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 from trainer.best_fit import best_fit_placement
@@ -68,7 +70,7 @@ def shape_documents(documents: list[Piece], seq_len: int, pad_id: int, packing: 
         cut = slice(offset[p], offset[p] + length[p])
         return ids[cut], None if targets is None else targets[cut]
 
-    rows = [[piece(p) for p in order[a:b]] for a, b in zip(row_ptr[:-1], row_ptr[1:])]
+    rows = [[piece(p) for p in order[a:b]] for a, b in pairwise(row_ptr)]
     tokens, targets, docs = assemble_rows(rows, seq_len, pad_id)
     return {"tokens": tokens, "targets": targets, "docs": docs}
 

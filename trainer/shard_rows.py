@@ -60,7 +60,7 @@ def write_layout(shards: list[Path], target: Path, *, split: str, eval_fraction:
             np.save(tmp / f"{name}.npy", array)
         (tmp / "units.json").write_text(json.dumps([os.path.relpath(s, target.parent) for s in shards]))
         meta = {"packed": packing, "pad_id": pad_id, "chat": chat, "seq_len": seq_len, "rows": len(row_ptr) - 1,
-                "documents": int(len(lengths)), "tokens": int(lengths.sum()), "split": split}
+                "documents": len(lengths), "tokens": int(lengths.sum()), "split": split}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         try:
             os.rename(tmp, target)
