@@ -6,6 +6,8 @@ import hashlib
 import json
 import multiprocessing
 import os
+import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -155,12 +157,14 @@ def test_a_stale_claim_is_taken_over_and_a_live_one_waited_for(tmp_path, tokeniz
     monkeypatch.setattr(shards, "CLAIM_STALE_S", 60.0)
     data = build_data(cfg_of(folder), tokenizer, split="train", packing=True, cache_dir=cache)
     assert len(data) > 0 and not claim.exists()
-    assert shards.claim(claim) and not shards.claim(claim)  # a fresh claim is not taken over
+    assert shards.claim(claim) and not shards.claim(claim)  # a live process's fresh claim is not taken over
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    claim.write_text(f"{socket.gethostname()} {dead.pid}\n")  # a restarted worker's predecessor
+    assert shards.claim(claim) and claim.read_text().split() == [socket.gethostname(), str(os.getpid())]
 
 
 def test_progress_is_logged_and_served_while_preparing(tmp_path, tokenizer, caplog):
-    import socket
-
     folder = corpus(tmp_path / "data")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,8 +12,8 @@ the ids (tokenizer, format, field), so an unchanged file's shards survive any ch
 Coordination is through files only, never a collective: a process claims a unit by creating
 <unit id>.claim exclusively (O_EXCL), builds it, and renames the result into place; it starts with the
 units dealt to its global rank (index % world_size), then takes any unit nobody has claimed, then waits,
-polling the markers, until every unit is done. A claim not refreshed for CLAIM_STALE_S (its builder died)
-is taken over. A data error is written to <unit id>.error, which every waiting process raises in turn.
+polling the markers, until every unit is done. A claim whose builder died is taken over: at once when it
+was a process of this host, after CLAIM_STALE_S without a refresh otherwise. A data error is written to <unit id>.error, which every waiting process raises in turn.
 Nodes that do not share the cache folder see no claims of the others, so each builds every unit itself.
 """
 
@@ -98,14 +98,15 @@ def is_done(shard: Path) -> bool:
 
 
 def claim(path: Path) -> bool:
-    """Create the claim file exclusively; take it over when its builder stopped refreshing it."""
+    """Create the claim file exclusively; take it over when its builder is gone: a process of this host
+    that no longer runs (a restarted worker finds its predecessor's claim), or a claim not refreshed for
+    CLAIM_STALE_S (a builder on another node)."""
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
-                stale = time.time() - path.stat().st_mtime > CLAIM_STALE_S
-                if stale:  # rename first: of several processes taking it over, one wins the O_EXCL create
+                if _abandoned(path):  # rename first: of several processes taking it over, one wins the create
                     os.rename(path, path.with_name(f"{path.name}.stale-{os.getpid()}"))
                     os.unlink(path.with_name(f"{path.name}.stale-{os.getpid()}"))
             except FileNotFoundError:
@@ -114,6 +115,21 @@ def claim(path: Path) -> bool:
         with os.fdopen(fd, "w") as f:
             f.write(f"{socket.gethostname()} {os.getpid()}\n")
         return True
+    return False
+
+
+def _abandoned(path: Path) -> bool:
+    if time.time() - path.stat().st_mtime > CLAIM_STALE_S:
+        return True
+    host, _, pid = path.read_text().strip().partition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # being written, or another host's: only its age tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
     return False
 
 
