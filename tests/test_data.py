@@ -137,6 +137,8 @@ def test_chat_labels_cover_exactly_the_assistant_turns(tmp_path, tokenizer):
 
 
 def test_cache_is_reused_and_invalidated_by_data_and_seq_len(tmp_path, tokenizer, monkeypatch):
+    """Shards hold tokens only: a new seq_len or packing lays out new rows from them without tokenizing
+    (the old cache tokenized again); a changed data file is tokenized again."""
     calls = []
     real = data_module.tokenize_texts
     monkeypatch.setattr(data_module, "tokenize_texts", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -145,14 +147,13 @@ def test_cache_is_reused_and_invalidated_by_data_and_seq_len(tmp_path, tokenizer
     first = build_data(make_cfg(source, seq_len=256), tokenizer, split="train", packing=True, cache_dir=cache)
     second = build_data(make_cfg(source, seq_len=256), tokenizer, split="train", packing=True, cache_dir=cache)
     assert len(calls) == 1 and np.array_equal(first.tokens, second.tokens)
-    build_data(make_cfg(source, seq_len=128), tokenizer, split="train", packing=True, cache_dir=cache)
-    assert len(calls) == 2
-    build_data(make_cfg(source, seq_len=256), tokenizer, split="train", packing=False, cache_dir=cache)
-    assert len(calls) == 3
+    short = build_data(make_cfg(source, seq_len=128), tokenizer, split="train", packing=True, cache_dir=cache)
+    padded = build_data(make_cfg(source, seq_len=256), tokenizer, split="train", packing=False, cache_dir=cache)
+    assert len(calls) == 1 and short.seq_len == 128 and not padded.packed and len(padded) == len(TEXTS)
     write_jsonl(source, [{"text": t} for t in TEXTS + ["One more document."]])
     changed = build_data(make_cfg(source, seq_len=256), tokenizer, split="train", packing=True, cache_dir=cache)
-    assert len(calls) == 4 and len(documents_of(changed)) == len(TEXTS) + 1
-    assert sorted(p.name.split("-")[0] for p in cache.iterdir() if p.is_dir()) == ["train"] * 4
+    assert len(calls) == 2 and len(documents_of(changed)) == len(TEXTS) + 1
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir() if p.is_dir()) == ["shards"] + ["train"] * 4
 
 
 def _build_in_process(source, cache, barrier, results):
@@ -179,8 +180,9 @@ def test_concurrent_builders_share_one_cache_entry(tmp_path):
         assert proc.exitcode == 0
     assert sum(calls for calls, _ in outcomes) == 1  # one tokenized, the others waited and read the cache
     assert outcomes[0][1] == outcomes[1][1] == outcomes[2][1]
-    entries = [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()]
-    assert len(entries) == 1, entries  # no leftover temp build folders either
+    entries = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir())
+    assert entries == ["shards", "train"], entries  # no leftover temp build folders or claims either
+    assert len(list((tmp_path / "cache" / "shards").iterdir())) == 1  # one work unit, one shard
 
 
 def test_bad_inputs_name_the_key(tmp_path, tokenizer):

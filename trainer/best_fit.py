@@ -9,6 +9,8 @@ Ding et al., 2024). A Fenwick tree over free-space sizes finds that row in O(log
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 
@@ -45,28 +47,42 @@ class _FreeSpace:
         return position + 1
 
 
-def best_fit_rows(lengths: np.ndarray, seq_len: int) -> list[list[int]]:
-    """Indices of `lengths` (each 1..seq_len) per row; rows in order of their first index, indices
-    ascending inside a row (so data that fits one row keeps its order)."""
+def best_fit_placement(lengths: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, row_ptr): row k holds indices order[row_ptr[k]:row_ptr[k+1]] of `lengths` (each 1..seq_len);
+    rows in order of their first index, indices ascending inside a row (so data that fits one row keeps its
+    order). Arrays, not lists of lists: a few bytes per document however large the corpus."""
     lengths = np.asarray(lengths)
     if len(lengths) and not (1 <= lengths.min() and lengths.max() <= seq_len):
         raise ValueError(f"lengths must be within 1..{seq_len}")
     free = _FreeSpace(seq_len)
     open_rows: list[list[int]] = [[] for _ in range(seq_len + 1)]  # free space -> rows with it
-    rows: list[list[int]] = []
+    row_of = np.empty(len(lengths), np.int64)
+    rows = 0
     for index in np.argsort(-lengths, kind="stable").tolist():
         n = int(lengths[index])
         space = free.smallest_at_least(n)
         if space is None:
-            row, left = len(rows), seq_len - n
-            rows.append([index])
+            row, left = rows, seq_len - n
+            rows += 1
         else:
             row, left = open_rows[space].pop(), space - n
             free.add(space, -1)
-            rows[row].append(index)
+        row_of[index] = row
         if left:
             open_rows[left].append(row)
             free.add(left, 1)
-    rows = [sorted(r) for r in rows]
-    rows.sort(key=lambda r: r[0])
-    return rows
+    indices = np.arange(len(lengths))
+    first = np.full(rows, len(lengths), np.int64)
+    np.minimum.at(first, row_of, indices)
+    rank = np.empty(rows, np.int64)
+    rank[np.argsort(first)] = np.arange(rows)
+    order = np.lexsort((indices, rank[row_of]))
+    row_ptr = np.zeros(rows + 1, np.int64)
+    np.cumsum(np.bincount(rank[row_of], minlength=rows), out=row_ptr[1:])
+    return order, row_ptr
+
+
+def best_fit_rows(lengths: np.ndarray, seq_len: int) -> list[list[int]]:
+    """best_fit_placement as one list of indices per row."""
+    order, row_ptr = best_fit_placement(lengths, seq_len)
+    return [order[a:b].tolist() for a, b in pairwise(row_ptr)]

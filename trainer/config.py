@@ -147,6 +147,14 @@ class DataConfig(Section):
         None, description="Where tokenized data is cached; defaults to <output_dir>/cache."
     )
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
+    chunk_mb: float = Field(
+        16.0, gt=0, description="Size of a data preparation work unit: data files are cut into units of this "
+        "many MB, which all processes of all nodes tokenize in parallel (docs/data.md).",
+    )
+    chunk_records: int = Field(
+        1000, ge=1, description="Records read and tokenized at once while preparing data; with the record "
+        "size it bounds a process's memory, whatever the size of the data.",
+    )
 
     @field_validator("train", "eval")
     @classmethod

@@ -6,34 +6,33 @@
 
 Text documents are tokenized with the tokenizer's own special tokens (e.g. a BOS) and end with EOS.
 Chat records are rendered with the tokenizer's chat template; only assistant turns (their content and
-the end-of-turn token) are loss targets. Tokenized data is cached under cache_dir, keyed by the data
-files' contents, the tokenizer, seq_len, format, packing and fields; concurrent builders (several
-ranks) serialise on a file lock and the result appears atomically (write to a temp dir, then rename).
+the end-of-turn token) are loss targets. Tokenized data is cached under cache_dir as token shards
+shared by all splits and shapes, and a row layout per split, keyed by a manifest of the data files
+(relative path, size, mtime), the tokenizer, seq_len, format, packing and fields (trainer/data_prep.py;
+the layout of the cache: docs/data.md). A restart with the same manifest reads no data byte.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from trainer.config import ModelConfig, TrainConfig
-from trainer.data_sources import DataError, data_files, field_values, files_digest, read_records, split_eval
+from trainer.data_prep import DataSource, prepare
+from trainer.data_sources import DataError, data_files, manifest
+from trainer.packing import TokenData, for_attention
+from trainer.prep_progress import PrepMetrics
 from trainer.remote_sources import local_source
-from trainer.packing import TokenData, for_attention, pack_documents, pad_documents
 
 __all__ = ["DataError", "TokenData", "build_data", "for_attention", "load_tokenizer", "tokenize_chat", "tokenize_texts"]
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # bump when the cached arrays change meaning (2: best-fit packing)
+CACHE_VERSION = 3  # bump when the cached files change meaning (3: token shards and a row layout)
 EOS_NAMES = ("<|endoftext|>", "</s>", "<|im_end|>", "<eos>", "<|end_of_text|>")
 
 
@@ -80,10 +79,21 @@ Document = tuple[np.ndarray, np.ndarray]  # (token ids, is-loss-target)
 def tokenize_texts(tokenizer, texts: list[str], batch: int = 1000) -> list[Document]:
     """Each non-empty text -> its ids (with the tokenizer's own BOS if it adds one) + EOS, all targets."""
     eos = tokenizer.eos_token_id
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    # The Rust tokenizer's encode_batch_fast gives the ids tokenizer(texts) gives (tests/test_data.py compares
+    # them), about twice as fast: it computes no character offsets and builds no Python attention masks.
+    fast = getattr(backend, "encode_batch_fast", None)
+    if backend is not None and (backend.truncation is not None or backend.padding is not None):
+        fast = None  # tokenizer(texts) switches a tokenizer.json's truncation / padding off; encode would not
     documents = []
     texts = [t for t in texts if t]
     for i in range(0, len(texts), batch):
-        for ids in tokenizer(texts[i : i + batch], add_special_tokens=True, verbose=False)["input_ids"]:
+        part = texts[i : i + batch]
+        if fast is not None:
+            encoded = [e.ids for e in fast(part, add_special_tokens=True)]
+        else:
+            encoded = tokenizer(part, add_special_tokens=True, verbose=False)["input_ids"]
+        for ids in encoded:
             if not ids or ids[-1] != eos:
                 ids = ids + [eos]
             documents.append((np.array(ids, np.int32), np.ones(len(ids), bool)))
@@ -113,12 +123,13 @@ def render_chat(tokenizer, messages: list[dict], key: str) -> tuple[str, list[tu
     return full, spans
 
 
-def tokenize_chat(tokenizer, conversations: list[list[dict]], key: str) -> list[Document]:
-    """Each conversation -> its rendered ids; targets are the tokens that start inside an assistant turn."""
+def tokenize_chat(tokenizer, conversations: list[list[dict]], key: str, first: int = 0) -> list[Document]:
+    """Each conversation -> its rendered ids; targets are the tokens that start inside an assistant turn.
+    `first`: the record number of conversations[0], for errors."""
     if not tokenizer.chat_template:
         raise DataError(f"{key}: data.format is chat but the tokenizer has no chat_template")
     documents = []
-    for i, messages in enumerate(conversations):
+    for i, messages in enumerate(conversations, first):
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise DataError(f"{key}: record {i}: messages must be a list of {{role, content}} objects")
         text, spans = render_chat(tokenizer, messages, key)
@@ -131,9 +142,12 @@ def tokenize_chat(tokenizer, conversations: list[list[dict]], key: str) -> list[
     return documents
 
 
-def build_data(cfg: TrainConfig, tokenizer, *, split: str, packing: bool, cache_dir: Path) -> TokenData | None:
-    """The tokenized sequences of `split` ("train" or "eval"), from cache_dir when already built.
+def build_data(cfg: TrainConfig, tokenizer, *, split: str, packing: bool, cache_dir: Path,
+               rank: int | None = None, world_size: int | None = None, metrics: PrepMetrics | None = None) -> TokenData | None:
+    """The tokenized sequences of `split` ("train" or "eval"), from cache_dir when already prepared.
 
+    Every process calls this (rank / world_size: its global rank and the number of processes, from
+    RANK / WORLD_SIZE by default); they tokenize the data's work units together (trainer/data_prep.py).
     Eval comes from data.eval, else from the data.eval_fraction hold-out of data.train (then train loses
     it), else there is none and this returns None.
     """
@@ -149,65 +163,38 @@ def build_data(cfg: TrainConfig, tokenizer, *, split: str, packing: bool, cache_
         raise DataError(f"{key}: data.format chat needs records with a {data.messages_field!r} field "
                         f"(jsonl, json or parquet), not text files")
     field = data.messages_field if data.format == "chat" else ("text" if builder == "text" else data.text_field)
-    identity = {
-        "version": CACHE_VERSION, "split": split, "data": files_digest(files), "builder": builder,
-        "tokenizer": tokenizer_fingerprint(tokenizer), "seq_len": data.seq_len, "format": data.format,
-        "packing": packing, "field": field, "eval_fraction": data.eval_fraction if held_out else None,
-    }
-    name = f"{split}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]}"
-    cache_dir = Path(cache_dir)
-    entry = cache_dir / name
+    source = DataSource(key=key, builder=builder, files=files, manifest=manifest(files), field=field,
+                        chat=data.format == "chat", chunk_mb=data.chunk_mb, corpus=_digest({
+                            "version": CACHE_VERSION, "builder": builder, "field": field, "format": data.format,
+                            "tokenizer": tokenizer_fingerprint(tokenizer), "chunk_mb": data.chunk_mb}))
+    identity = {"corpus": source.corpus, "manifest": source.manifest, "split": split, "seq_len": data.seq_len,
+                "packing": packing, "eval_fraction": data.eval_fraction if held_out else None}
+    entry = Path(cache_dir) / f"{split}-{_digest(identity)}"
     options = {"shuffle": split == "train", "num_workers": data.num_workers, "group_by_length": data.group_by_length}
-    if not (entry / "meta.json").is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive(cache_dir / f"{name}.lock"):
-            if not (entry / "meta.json").is_file():  # another process may have built it while we waited
-                _build_entry(cfg, tokenizer, builder, files, key, field, split, held_out, packing, entry, identity)
-    else:
+    if (entry / "meta.json").is_file():  # a restart: no data byte is read
         log.info("%s data from cache %s", split, entry)
+    else:
+        prepare(source, entry, tokenize=_tokenizer_of(tokenizer, source), split=split, seq_len=data.seq_len,
+                packing=packing, pad_id=tokenizer.pad_token_id, eval_fraction=data.eval_fraction if held_out else None,
+                chunk_records=data.chunk_records, rank=int(os.environ.get("RANK", "0")) if rank is None else rank,
+                world_size=int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size, metrics=metrics)
     return TokenData.load(entry, **options)
 
 
-def _build_entry(cfg, tokenizer, builder, files, key, field, split, held_out, packing, entry, identity) -> None:
-    data = cfg.data
-    tmp = Path(tempfile.mkdtemp(prefix=f".build-{entry.name}-", dir=entry.parent))
-    try:
-        records = read_records(builder, files, key, tmp / "hf")
-        values = field_values(records, field, key, str(files[0] if len(files) == 1 else files[0].parent))
-        if held_out:
-            values = split_eval(values, data.eval_fraction)[split == "eval"]
-        if data.format == "chat":
-            documents = tokenize_chat(tokenizer, values, key)
-        else:
-            if not all(isinstance(v, str) for v in values):
-                raise DataError(f"{key}: field {field!r} must hold text in every record")
-            documents = tokenize_texts(tokenizer, values)
-        documents = [d for d in documents if len(d[0])]
-        if not documents:
-            raise DataError(f"{key}: {data.train if key == 'data.train' else data.eval} holds no documents"
-                            + (" for this split" if held_out else ""))
-        shape = pack_documents if packing else pad_documents
-        arrays = shape(documents, data.seq_len, tokenizer.pad_token_id)
-        stats = {"documents": len(documents), "tokens": int(sum(len(d[0]) for d in documents))}
-        result = TokenData(arrays, packed=packing, pad_id=tokenizer.pad_token_id, shuffle=False)
-        result.save(tmp / "out", {**identity, **stats})
-        try:
-            os.replace(tmp / "out", entry)
-        except OSError:  # a builder the lock could not see (another node on shared storage) was first
-            if not (entry / "meta.json").is_file():
-                raise
-        log.info("%s data: %d documents, %d tokens -> %d sequences of %d (cached in %s)",
-                 split, stats["documents"], stats["tokens"], len(result), data.seq_len, entry)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _tokenizer_of(tokenizer, source: DataSource):
+    """(values of a batch, number of its first record) -> one document per value; empty text: no tokens."""
+    empty = (np.zeros(0, np.int32), np.zeros(0, bool))
+
+    def tokenize(values: list, first: int) -> list[Document]:
+        if source.chat:
+            return tokenize_chat(tokenizer, values, source.key, first)
+        if not all(isinstance(v, str) for v in values):
+            raise DataError(f"{source.key}: field {source.field!r} must hold text in every record")
+        documents = iter(tokenize_texts(tokenizer, values))  # drops the empty texts
+        return [next(documents) if v else empty for v in values]
+
+    return tokenize
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: Path):
-    """A cross-process lock (flock): the first builder builds, the others wait and then read the cache."""
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:24]

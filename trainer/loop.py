@@ -16,6 +16,7 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.data import build_data, for_attention, load_tokenizer
 from trainer.engine import Topology, init_distributed, load_ds_config, make_engine
 from trainer.failpoints import failpoint
+from trainer.prep_progress import PrepMetrics
 from trainer.runlog import RunLog, progress_bar
 from trainer.state import LoopState, StopSignal
 from trainer.model import build_model, count_parameters
@@ -33,13 +34,15 @@ class Trainer:
     # ---- set-up ---------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.packing = cfg.data.packing and cfg.method.kind != "prefix"  # prefix tokens break the 4D mask
+        # Data first, before any process group exists: however long the preparation, no rank waits for it
+        # in a collective with a timeout (trainer/data_prep.py).
+        self.train_data, self.eval_data = self._data()
         # Collectives must not time out before the hang watchdog has named the rank that holds them up.
         self.topo: Topology = init_distributed(timeout_s=max(1800.0, cfg.run.hang_timeout_s + 60))
         self.stop = StopSignal()
         self.ds_config = load_ds_config(cfg, self.config_path, self.topo.world_size, self.precision)
-        self.tokenizer = load_tokenizer(cfg.model)
-        self.packing = cfg.data.packing and cfg.method.kind != "prefix"  # prefix tokens break the 4D mask
-        self.train_data, self.eval_data = self._data()
         self._check_batches()
         per_epoch = self.train_data.batches_per_epoch(cfg.run.micro_batch_size, self.topo.world_size)
         self.steps_per_epoch = max(1, per_epoch // cfg.run.grad_accum)
@@ -67,27 +70,21 @@ class Trainer:
         )
 
     def _data(self):
-        """Rank 0 tokenizes and fills the cache, then the others read it. A data error on rank 0 is
-        shared with every rank, so they all stop with it instead of waiting at a barrier."""
+        """Every process of every node prepares the data together, coordinating through files in the cache
+        folder (RANK / WORLD_SIZE from torchrun); a data error reaches every process the same way. Local rank
+        0 serves the preparation's progress on the metrics port meanwhile."""
         cfg = self.cfg
         cache = Path(cfg.data.cache_dir or self.out / "cache")
-        has_eval = cfg.data.eval is not None or cfg.data.eval_fraction > 0
-
-        def build():
-            train = build_data(cfg, self.tokenizer, split="train", packing=self.packing, cache_dir=cache)
-            evals = build_data(cfg, self.tokenizer, split="eval", packing=self.packing, cache_dir=cache) if has_eval else None
-            return train, evals
-
-        problems = [None]
-        if self.topo.rank == 0:
-            try:
-                result = build()
-            except ConfigError as e:
-                problems = [e.problems]
-        dist.broadcast_object_list(problems, src=0)
-        if problems[0] is not None:
-            raise ConfigError(problems[0])
-        return result if self.topo.rank == 0 else build()
+        metrics = PrepMetrics.from_env(cfg.metrics, job=self.out.name)
+        metrics.start()
+        try:
+            train = build_data(cfg, self.tokenizer, split="train", packing=self.packing, cache_dir=cache, metrics=metrics)
+            has_eval = cfg.data.eval is not None or cfg.data.eval_fraction > 0
+            evals = build_data(cfg, self.tokenizer, split="eval", packing=self.packing, cache_dir=cache,
+                               metrics=metrics) if has_eval else None
+        finally:
+            metrics.close()  # the trainer's exporter serves the port from now on
+        return train, evals
 
     def _check_batches(self) -> None:
         run, world = self.cfg.run, self.topo.world_size

@@ -1,9 +1,11 @@
 """Tokenized documents -> fixed-length sequences -> micro batches, sharded per rank and resumable.
 
-Storage is three [N, seq_len] arrays per split (memory-mapped from the cache):
-  tokens   int32  token ids (pad id on padding)
-  targets  bool   the token is a loss target (False on padding, prompts, and each document's first token)
-  docs     int32  document number inside the sequence, -1 on padding
+A split's rows come from a storage with one interface (gather rows, row and piece lengths): the token
+shards and row layout of the cache (trainer/shard_rows.py, memory-mapped, a batch reads only its rows), or
+in-memory arrays (trainer/row_layout.py ArrayRows, from pack_documents / pad_documents). A batch is:
+  tokens   token ids (pad id on padding)
+  targets  the token is a loss target (False on padding, prompts, and each document's first token)
+  docs     document number inside the sequence, -1 on padding
 Position ids and labels are derived per batch, which keeps the cache small. A packed batch carries the
 document ids (`docs`, [B, T], KB) rather than a mask: for_attention builds the mask for the attention
 kernel on the device, after the copy (a dense [B, 1, T, T] mask would be 32 MiB per batch at B 8, T 2048).
@@ -16,57 +18,26 @@ and training batches group rows of similar length when group_by_length is on.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainer.best_fit import best_fit_rows
-from trainer.length_groups import batch_width, document_lengths, group_by_length, row_lengths
-
-ARRAYS = ("tokens", "targets", "docs")
+from trainer.length_groups import batch_width, group_by_length
+from trainer.row_layout import ArrayRows, shape_documents
+from trainer.shard_rows import ShardRows
 
 
 def pack_documents(documents: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict:
     """Place whole (ids, targets) documents into rows of seq_len, best fit (trainer/best_fit.py); only a
     document longer than seq_len is cut, into seq_len pieces and a remainder that is placed like a document."""
-    pieces = []
-    for ids, targets in documents:
-        for start in range(0, len(ids), seq_len):
-            pieces.append((ids[start : start + seq_len], targets[start : start + seq_len]))
-    rows = best_fit_rows(np.array([len(p[0]) for p in pieces], np.int64), seq_len)
-    tokens = np.full((len(rows), seq_len), pad_id, np.int32)
-    targets = np.zeros((len(rows), seq_len), bool)
-    docs = np.full((len(rows), seq_len), -1, np.int32)
-    for row, members in enumerate(rows):
-        offset = 0
-        for number, index in enumerate(members):
-            ids, piece_targets = pieces[index]
-            end = offset + len(ids)
-            tokens[row, offset:end] = ids
-            targets[row, offset:end] = piece_targets
-            # A piece's first token would be predicted from the previous piece's end: never a target.
-            targets[row, offset] = False
-            docs[row, offset:end] = number
-            offset = end
-    return {"tokens": tokens, "targets": targets, "docs": docs}
+    return shape_documents(documents, seq_len, pad_id, packing=True)
 
 
 def pad_documents(documents: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int) -> dict:
     """One document per row, truncated to seq_len and right-padded."""
-    rows = len(documents)
-    ids = np.full((rows, seq_len), pad_id, np.int32)
-    targets = np.zeros((rows, seq_len), bool)
-    docs = np.full((rows, seq_len), -1, np.int32)
-    for row, (doc_ids, doc_targets) in enumerate(documents):
-        n = min(len(doc_ids), seq_len)
-        ids[row, :n] = doc_ids[:n]
-        targets[row, :n] = doc_targets[:n]
-        targets[row, 0] = False
-        docs[row, :n] = 0
-    return {"tokens": ids, "targets": targets, "docs": docs}
+    return shape_documents(documents, seq_len, pad_id, packing=False)
 
 
 def block_causal_mask(docs: torch.Tensor) -> torch.Tensor:
@@ -106,35 +77,47 @@ class TokenData(torch.utils.data.Dataset):
     Indexing by a micro batch's row numbers gives its batch dict, so a DataLoader can collate in workers.
     """
 
-    def __init__(self, arrays: dict, *, packed: bool, pad_id: int, shuffle: bool, num_workers: int = 0,
-                 path: Path | None = None, group_by_length: bool = False):
-        self.tokens, self.targets, self.docs = (arrays[name] for name in ARRAYS)
+    def __init__(self, rows: ArrayRows | ShardRows | dict, *, packed: bool, pad_id: int, shuffle: bool,
+                 num_workers: int = 0, group_by_length: bool = False):
+        self.rows = ArrayRows(rows) if isinstance(rows, dict) else rows
         self.packed, self.pad_id, self.shuffle, self.num_workers = packed, pad_id, shuffle, num_workers
-        self.path = path
         self.group_by_length = group_by_length and not packed and shuffle  # eval keeps file order
         self._lengths: np.ndarray | None = None
 
+    @property
+    def tokens(self) -> _Column:
+        """Rows as an array-like view, for inspection (data.tokens[row]); batches gather all three at once."""
+        return _Column(self, 0)
+
+    @property
+    def targets(self) -> _Column:
+        return _Column(self, 1)
+
+    @property
+    def docs(self) -> _Column:
+        return _Column(self, 2)
+
     def __len__(self) -> int:
-        return self.tokens.shape[0]
+        return len(self.rows)
 
     @property
     def seq_len(self) -> int:
-        return self.tokens.shape[1]
+        return self.rows.seq_len
 
     @property
     def num_tokens(self) -> int:
         """Tokens that are not padding."""
-        return int((np.asarray(self.docs) >= 0).sum())
+        return int(self.lengths.sum())
 
     @property
     def num_targets(self) -> int:
-        return int(np.asarray(self.targets).sum())
+        return self.rows.num_targets
 
     @property
     def lengths(self) -> np.ndarray:
         """Non-padding tokens per row (computed once, on first use)."""
         if self._lengths is None:
-            self._lengths = row_lengths(self.docs)
+            self._lengths = self.rows.row_lengths()
         return self._lengths
 
     @property
@@ -142,7 +125,7 @@ class TokenData(torch.utils.data.Dataset):
         """sum L^2 / sum L over the documents (pieces) of the split: MFU's attention length (trainer/mfu.py)."""
         from trainer.mfu import attention_length
 
-        return attention_length(document_lengths(self.docs))
+        return attention_length(self.rows.piece_lengths())
 
     # ---- the plan -------------------------------------------------------------------------------------
 
@@ -190,9 +173,8 @@ class TokenData(torch.utils.data.Dataset):
         rows = np.atleast_1d(rows)
         # Padded rows carry their padding at the end: keep only the columns this batch needs.
         width = self.seq_len if self.packed else batch_width(self._row_lengths(rows), self.seq_len)
-        tokens = torch.from_numpy(np.asarray(self.tokens[rows, :width], dtype=np.int64))
-        targets = torch.from_numpy(np.asarray(self.targets[rows, :width], dtype=bool))
-        docs = torch.from_numpy(np.asarray(self.docs[rows, :width], dtype=np.int64))
+        tokens, targets, docs = (torch.from_numpy(np.asarray(a)) for a in self.rows.gather(rows, width))
+        tokens, docs = tokens.long(), docs.long()
         labels = torch.where(targets, tokens, torch.full_like(tokens, -100))
         if self.packed:  # for_attention turns docs into the kernel's mask, on the device
             return {"input_ids": tokens, "labels": labels, "position_ids": restarting_positions(docs), "docs": docs}
@@ -203,37 +185,38 @@ class TokenData(torch.utils.data.Dataset):
     def _row_lengths(self, rows: np.ndarray) -> np.ndarray:
         if self._lengths is not None:
             return self._lengths[rows]
-        return row_lengths(self.docs[rows])
-
-    # ---- cache ----------------------------------------------------------------------------------------
-
-    def save(self, directory: Path, meta: dict) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        for name in ARRAYS:
-            np.save(directory / f"{name}.npy", np.asarray(getattr(self, name)))
-        meta = {**meta, "packed": self.packed, "pad_id": self.pad_id, "rows": len(self)}
-        (directory / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        return self.rows.row_lengths(rows)
 
     @classmethod
     def load(cls, directory: Path, *, shuffle: bool, num_workers: int = 0, group_by_length: bool = False) -> TokenData:
-        meta = json.loads((directory / "meta.json").read_text())
-        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-        return cls(arrays, packed=meta["packed"], pad_id=meta["pad_id"], shuffle=shuffle,
-                   num_workers=num_workers, path=directory, group_by_length=group_by_length)
+        """The rows of a layout folder (trainer/shard_rows.py), memory-mapped."""
+        rows = ShardRows(directory)
+        return cls(rows, packed=rows.meta["packed"], pad_id=rows.pad_id, shuffle=shuffle, num_workers=num_workers,
+                   group_by_length=group_by_length)
 
     def __getstate__(self):
-        # Workers started by spawn/forkserver re-open the memory map instead of copying the arrays.
-        state = dict(self.__dict__, _lengths=None)  # workers only build batches: no need for every length
-        if self.path is not None:
-            for name in ARRAYS:
-                state.pop(name)
-        return state
+        return dict(self.__dict__, _lengths=None)  # workers only build batches: no need for every length
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if self.path is not None:
-            for name in ARRAYS:
-                setattr(self, name, np.load(self.path / f"{name}.npy", mmap_mode="r"))
+
+class _Column:
+    """One of tokens / targets / docs of a TokenData as an array-like: [rows], [rows, columns], np.asarray."""
+
+    def __init__(self, data: TokenData, which: int):
+        self.data, self.which = data, which
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.data), self.data.seq_len
+
+    def __getitem__(self, index):
+        rows, columns = index if isinstance(index, tuple) else (index, slice(None))
+        picked = np.arange(len(self.data))[rows]
+        gathered = self.data.rows.gather(np.atleast_1d(picked), self.data.seq_len)[self.which]
+        return gathered[0 if np.ndim(picked) == 0 else slice(None), columns]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
 
 
 def _loader_context():

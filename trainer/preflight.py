@@ -6,7 +6,6 @@ Torch-free: `llmlaunch train` runs them in the CLI, and every pod runs them agai
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from trainer import hub_cache
@@ -23,17 +22,20 @@ def data_files(path: str, key: str) -> list[Path]:
 
 
 def _has_records(file: Path) -> bool:
+    """Whether a file holds a record, from its first bytes (a .json array is not read whole)."""
     if file.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(file).metadata.num_rows > 0
-    if file.suffix == ".json":
-        text = file.read_text().strip()
-        if text.startswith("["):
-            return len(json.loads(text)) > 0
-        return bool(text)
     with file.open() as f:
-        return any(line.strip() for line in f)
+        for line in f:
+            text = line.strip()
+            if file.suffix == ".json" and text.startswith("["):
+                rest = text[1:].strip() or next((t.strip() for t in f if t.strip()), "")
+                return not rest.startswith("]")
+            if text:
+                return True
+    return False
 
 
 def check_data(cfg: TrainConfig) -> None:
