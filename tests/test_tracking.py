@@ -1,8 +1,9 @@
 """Experiment trackers read back after real training runs (`llmlaunch train`, DeepSpeed on CPU), each compared
-step by step with the same run's metrics.jsonl (the last record of a step counts), across a crash and resume:
-TensorBoard event files through tensorboard's EventAccumulator, a real `mlflow server` on loopback through
-MlflowClient, W&B offline run files through wandb's protobuf records. Then the failures: an MLflow server that
-is not there, and one killed mid-run: one warning line each, and training goes on."""
+step by step with metrics.jsonl across a crash and resume: TensorBoard event files through tensorboard's
+EventAccumulator (the replay's values, as metrics.jsonl), a real `mlflow server` on loopback through MlflowClient
+and W&B offline run files through wandb's protobuf records (one point per step: the first attempt's values).
+Then the failures: an MLflow server that is not there, one killed mid-run, a tracking.json that cannot be
+rewritten: one warning line each, and training (logging) goes on."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from trainjobs import REPO, llmlaunch_env, metrics, tiny_job, train
+from trainjobs import REPO, llmlaunch, llmlaunch_env, metrics, tiny_job, train
 
 from tests.fixtures.prometheus import free_port
 from tests.mlflow_server import MlflowServer
@@ -27,11 +28,21 @@ pytestmark = [pytest.mark.distributed, pytest.mark.mlflow]
 PROBE = Path(__file__).resolve().parent / "module_probe"  # its sitecustomize lists the tracker packages imported
 # Every scalar of metrics.jsonl on this CPU; mfu needs a peak, given as metrics.peak_tflops.
 MUST_HAVE = {"loss", "eval_loss", "eval_ppl", "lr", "grad_norm", "tokens_per_s", "mfu", "step_seconds", "tokens"}
+TIMED = {"tokens_per_s", "step_seconds", "mfu", "data_wait_s"}  # measured: a replayed step's differ; the rest repeat
+REPLAYED = (5, 6)
 
 
 def last_per_step(out: Path) -> dict[int, dict]:
     """metrics.jsonl as its readers see it: the last record of each step."""
     return {record["step"]: record for record in metrics(out)}
+
+
+def first_per_step(records: list[dict]) -> dict[int, dict]:
+    """The first record of each step: what MLflow and W&B hold, as they never log a step twice."""
+    view: dict[int, dict] = {}
+    for record in records:
+        view.setdefault(record["step"], record)
+    return view
 
 
 def expected(view: dict[int, dict], key: str) -> dict[int, float]:
@@ -55,29 +66,43 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory, server):
-    """Two processes, all three trackers; rank 0 fails at step 7, torchrun restarts the group, which resumes
-    from the checkpoint of step 4 and logs steps 5 and 6 a second time."""
+    """Two processes, all three trackers. The first launch fails at step 7 (rank 0, no restarts) after logging
+    steps 1-6, with the checkpoint of step 4; its metrics.jsonl is kept aside, as the resume drops the records
+    after step 4. The second launch resumes from step 4: steps 5 and 6 are trained again, then 7 and 8.
+    Returns (out, the last record of each step, the first record of each step over both launches)."""
     tmp = tmp_path_factory.mktemp("tracked")
     (tmp / "failpoints").mkdir()
-    job = tiny_job(tmp, name="tracked", metrics={"enabled": False, "peak_tflops": 1.0}, tracking={
+    job = tiny_job(tmp, name="tracked", run={"max_restarts": 0}, metrics={"enabled": False, "peak_tflops": 1.0},
+                   tracking={
         "tensorboard": True,
         "mlflow": {"tracking_uri": server.uri, "experiment": "trackers-e2e", "log_model": True},
         "wandb": {"project": "llmlaunch-tests", "mode": "offline"},
     })
-    result = train(job, env={"LLMLAUNCH_FAILPOINTS": "step@7:rank=0:fail",
-                             "LLMLAUNCH_FAILPOINT_DIR": str(tmp / "failpoints")})
+    crashed = llmlaunch("train", str(job), "--nproc-per-node", "2", env={
+        "LLMLAUNCH_FAILPOINTS": "step@7:rank=0:fail", "LLMLAUNCH_FAILPOINT_DIR": str(tmp / "failpoints")})
     out = tmp / "out"
-    assert (tmp / "failpoints" / "step-7-rank0.json").is_file()  # it did crash and resume
+    assert crashed.returncode != 0 and (tmp / "failpoints" / "step-7-rank0.json").is_file(), crashed.stderr[-3000:]
+    assert "[llmlaunch] warning" not in crashed.stderr, crashed.stderr[-3000:]
+    first_attempt = metrics(out)
+    assert [r["step"] for r in first_attempt] == [1, 2, 3, 4, 5, 6]
+    result = train(job)
     assert "resuming from" in result.stderr and "warning" not in result.stderr.lower(), result.stderr[-3000:]
+    # The skip follows tracking.json's record of what each run holds; TensorBoard purges instead.
+    assert "(resumed: logging mlflow after step 6, wandb after step 6)" in result.stderr
     view = last_per_step(out)
     assert sorted(view) == list(range(1, 9)) and MUST_HAVE <= scalar_keys(view)
-    return out, view
+    first = first_per_step(first_attempt + metrics(out))
+    for step in REPLAYED:  # the replay is deterministic: only the timings differ between the two attempts
+        assert {k: v for k, v in first[step].items() if k not in TIMED | {"time"}} == \
+               {k: v for k, v in view[step].items() if k not in TIMED | {"time"}}, step
+    assert first[5]["tokens_per_s"] != view[5]["tokens_per_s"]  # so the checks below can tell which one a tracker holds
+    return out, view, first
 
 
 def test_tensorboard_events_equal_metrics_jsonl(resumed):
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    out, view = resumed
+    out, view, _ = resumed
     files = sorted((out / "tensorboard").glob("events.out.tfevents.*"))
     assert len(files) == 2  # one per start of rank 0, none from rank 1
     acc = ea.EventAccumulator(str(out / "tensorboard"), size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
@@ -102,25 +127,23 @@ def test_tensorboard_events_equal_metrics_jsonl(resumed):
 def test_mlflow_run_equals_metrics_jsonl_and_holds_params_and_model(resumed, server, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    out, view = resumed
+    out, view, first = resumed
     client = MlflowClient(server.uri)
     experiment = client.get_experiment_by_name("trackers-e2e")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1  # the restart continued the run
     run = runs[0]
-    assert run.info.run_id == json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"]
+    state = json.loads((out / "tracking.json").read_text())
+    assert run.info.run_id == state["mlflow"]["run_id"] and state["mlflow"]["logged_step"] == 8
     assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
     for key in scalar_keys(view):
-        points = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.timestamp)
-        last = {}
-        for point in points:
-            last[point.step] = point.value
-        assert last == approx(expected(view, key)), key
-    # History keeps both loggings of the replayed steps; the later one is metrics.jsonl's.
-    speed = [m for m in client.get_metric_history(run.info.run_id, "tokens_per_s")]
-    assert sorted(m.step for m in speed) == [1, 2, 3, 4, 5, 5, 6, 6, 7, 8]
-    first_5 = min((m for m in speed if m.step == 5), key=lambda m: m.timestamp)
-    assert first_5.value != view[5]["tokens_per_s"]
+        points = client.get_metric_history(run.info.run_id, key)
+        steps = [point.step for point in points]
+        assert len(steps) == len(set(steps)), (key, steps)  # one point per step: the replay was not logged again
+        shown = {point.step: point.value for point in points}
+        assert shown == expected(first, key), key  # each step's first record, the timings included
+        if key not in TIMED:
+            assert shown == expected(view, key), key  # and metrics.jsonl's values
 
     params = run.data.params
     train_yaml = yaml.safe_load((out / "train.yaml").read_text())
@@ -142,19 +165,25 @@ def count_leaves(value) -> int:
 
 
 def test_wandb_offline_rows_equal_metrics_jsonl(resumed):
-    out, view = resumed
+    out, view, first = resumed
     files = offline_runs(out)
     assert len(files) == 2  # one offline run directory per start of rank 0
-    run_id = json.loads((out / "tracking.json").read_text())["wandb"]["run_id"]
-    assert {run_info(f).run_id for f in files} == {run_id}  # `wandb sync` uploads both into one run
+    state = json.loads((out / "tracking.json").read_text())
+    assert {run_info(f).run_id for f in files} == {state["wandb"]["run_id"]}  # `wandb sync` uploads both into one run
+    assert state["wandb"]["logged_step"] == 8
     info = run_info(files[0])
     config = {item.key: json.loads(item.value_json) for item in info.config.update}
     assert info.project == "llmlaunch-tests" and config["train"]["run"]["max_steps"] == 8
-    rows = [row for f in files for row in history(f)]
-    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6, 5, 6, 7, 8]
-    last = {row["step"]: row for row in rows}
+    rows = [[row for row in history(f)] for f in files]
+    # Each step once: the resumed process skipped 5 and 6, logged before the crash.
+    assert [[row["step"] for row in part] for part in rows] == [[1, 2, 3, 4, 5, 6], [7, 8]]
+    # W&B's own _step starts again at 0 in the resumed offline run: charts must use `step` (define_metric).
+    assert [[row["_step"] for row in part] for part in rows] == [[0, 1, 2, 3, 4, 5], [0, 1]]
     for key in scalar_keys(view):
-        assert {s: r[key] for s, r in last.items() if key in r} == approx(expected(view, key)), key
+        shown = {row["step"]: row[key] for part in rows for row in part if key in row}
+        assert shown == expected(first, key), key  # each step's first record, the timings included
+        if key not in TIMED:
+            assert shown == expected(view, key), key  # and metrics.jsonl's values
 
 
 def run_probed(job: Path, *, env: dict | None = None) -> subprocess.Popen:
@@ -231,3 +260,22 @@ def test_mlflow_server_killed_mid_run_costs_one_warning_and_the_others_go_on(tmp
     acc.Reload()
     assert {e.step: e.value for e in acc.Scalars("loss")} == approx(expected(view, "loss"))
     assert trainer_imports(job) == {"mlflow", "tensorboard"}
+
+
+def test_an_unwritable_tracking_json_costs_one_warning_and_logging_goes_on(tmp_path, capsys):
+    from trainer.config import TrainConfig
+    from trainer.tracking import Trackers
+
+    out = tmp_path / "out"
+    cfg = TrainConfig.model_validate({
+        "model": {"config": {"model_type": "llama"}, "tokenizer": "tok"}, "data": {"train": "x.jsonl"},
+        "run": {"output_dir": str(out), "max_steps": 3},
+        "tracking": {"wandb": {"project": "llmlaunch-tests", "mode": "offline"}}})
+    trackers = Trackers.start(cfg, out, {}, step=0, is_main=True)
+    (out / "tracking.tmp").mkdir()  # where the atomic rewrite writes first: now it cannot
+    for step in (1, 2, 3):
+        trackers.log({"step": step, "time": 0.0, "loss": 1.0 / step})
+    trackers.finish()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("[llmlaunch] warning: tracking.json not updated"), warnings
+    assert [row["step"] for row in history(offline_runs(out)[0])] == [1, 2, 3]

@@ -5,13 +5,17 @@ the same names (loss, eval_loss, lr, grad_norm, tokens_per_s, mfu, ...). Each ba
 only when its section is set. A tracker that fails, at start or later (its server gone), prints one warning
 line and is dropped; training never stops for one.
 
-A resumed run continues the same tracker run: the run ids live in <output_dir>/tracking.json. Steps after the
-checkpoint were logged once already and are logged again; metrics.jsonl's rule is that the last record of a
-step is the one that counts, and each backend is made to show exactly that view:
-  TensorBoard  SummaryWriter(purge_step=step + 1): TensorBoard itself drops the earlier events of those steps.
-  MLflow       keeps every point of a metric's history; the later point (timestamp) of a step is the one.
-  W&B          plots against a `step` metric (define_metric), not W&B's own `_step`, which must only grow:
-               a replayed step is a new row with the same `step`; the later row is the one.
+A resumed run continues the same tracker runs: the run ids live in <output_dir>/tracking.json. The steps between
+the checkpoint and the crash are trained and logged again; no tracker run ever holds two points of one step:
+  TensorBoard  SummaryWriter(purge_step=step + 1): TensorBoard itself drops the earlier events of those steps,
+               so it shows the replay's values, as metrics.jsonl does (the trainer drops its replayed records).
+  MLflow, W&B  tracking.json also keeps the highest step each has logged (rewritten atomically after each
+               successful log call); a restarted process skips records up to that step. For a replayed step
+               they show the first attempt's values: loss, lr, grad_norm, eval_loss, tokens are those of the
+               replay too (the trainer replays deterministically), the timings (tokens_per_s, step_seconds,
+               mfu, data_wait_s) are the first attempt's measurements.
+W&B charts use our `step` as x axis (define_metric): its own `_step` counts rows, and an offline resume writes a
+new offline-run directory whose `_step` starts again at 0.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 from trainer.config import TrainConfig
 
-STATE_FILE = "tracking.json"  # {"mlflow": {"run_id", "tracking_uri"}, "wandb": {"run_id"}}
+STATE_FILE = "tracking.json"  # {"mlflow": {"run_id", "tracking_uri", "logged_step"}, "wandb": {"run_id", "logged_step"}}
 NOT_SCALARS = {"step", "time"}  # a record's keys that are not plotted
 
 
@@ -49,6 +53,7 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
 
 class TensorBoardTracker:
     name = "tensorboard"
+    skips_logged_steps = False  # purge_step drops a replayed step's earlier events instead
 
     def __init__(self, out: Path, cfg: TrainConfig, ds_config: dict, step: int, state: dict) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -74,6 +79,7 @@ class TensorBoardTracker:
 
 class MlflowTracker:
     name = "mlflow"
+    skips_logged_steps = True  # a metric's history keeps every point: a replayed step is not logged again
 
     def __init__(self, out: Path, cfg: TrainConfig, ds_config: dict, step: int, state: dict) -> None:
         spec = cfg.tracking.mlflow
@@ -120,6 +126,7 @@ class MlflowTracker:
 
 class WandbTracker:
     name = "wandb"
+    skips_logged_steps = True  # rows are never deleted: a replayed step is not logged again
 
     def __init__(self, out: Path, cfg: TrainConfig, ds_config: dict, step: int, state: dict) -> None:
         import wandb
@@ -132,10 +139,10 @@ class WandbTracker:
             name=job_name(out), config={"train": cfg.model_dump(mode="json"), "ds_config": ds_config},
             settings=wandb.Settings(console="off", silent=True),  # our stderr stays ours
         )
-        # W&B's own _step must only grow; a resumed run logs steps again, so the x axis is our `step`.
+        # W&B's own _step counts rows (and restarts at 0 in a resumed offline run): the x axis is our `step`.
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
-        state["wandb"] = {"run_id": run_id}
+        state["wandb"] = {**known, "run_id": run_id}  # keeps logged_step
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.run.log({**values, "step": step})
@@ -158,8 +165,9 @@ def warn(message: str) -> None:
 class Trackers:
     """The configured trackers of this process: none except on global rank 0."""
 
-    def __init__(self, out: Path, trackers: list) -> None:
-        self.out, self.trackers = out, trackers
+    def __init__(self, out: Path, trackers: list, state: dict | None = None) -> None:
+        self.out, self.trackers, self.state = out, trackers, state if state is not None else {}
+        self.save_failed = False  # warned once
 
     @classmethod
     def start(cls, cfg: TrainConfig, out: Path, ds_config: dict, *, step: int, is_main: bool) -> Trackers:
@@ -177,32 +185,59 @@ class Trackers:
                 started.append(BACKENDS[name](out, cfg, ds_config, step, state))
             except Exception as e:  # noqa: BLE001 - any failure of a tracker is the tracker's, not the run's
                 warn(f"{name} tracking did not start ({one_line(e)}); training goes on without it")
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        trackers = cls(out, started, state)
+        trackers.save()
         if started:
-            print(f"[llmlaunch] tracking: {', '.join(t.name for t in started)}", file=sys.stderr, flush=True)
-        return cls(out, started)
+            skipping = [f"{t.name} after step {trackers.logged_step(t)}" for t in started if trackers.logged_step(t)]
+            note = f" (resumed: logging {', '.join(skipping)})" if skipping else ""
+            print(f"[llmlaunch] tracking: {', '.join(t.name for t in started)}{note}", file=sys.stderr, flush=True)
+        return trackers
+
+    def logged_step(self, tracker) -> int:
+        """The highest step this tracker's run holds (0: none), for trackers that must not log a step twice."""
+        return (self.state.get(tracker.name) or {}).get("logged_step", 0) if tracker.skips_logged_steps else 0
+
+    def save(self) -> None:
+        """tracking.json, replaced atomically: a killed process leaves the old or the new file, never half of one."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
 
     def log(self, record: dict | None) -> None:
         if not self.trackers or record is None:
             return
-        values = scalars(record)
-        self._each("log", lambda t: t.log(record["step"], values))
+        step, values = record["step"], scalars(record)
+        advanced = False
+        for tracker in list(self.trackers):
+            if tracker.skips_logged_steps and step <= self.logged_step(tracker):
+                continue  # logged before a restart: the run keeps that first point
+            if self._call(tracker, "log", lambda t: t.log(step, values)) and tracker.skips_logged_steps:
+                self.state.setdefault(tracker.name, {})["logged_step"] = step
+                advanced = True
+        if advanced:
+            try:
+                self.save()  # one small file per log step (every run.log_every steps): 0.3 ms median here
+            except OSError as e:  # a full volume: training goes on, a resume may then log a few steps again
+                if not self.save_failed:
+                    warn(f"{STATE_FILE} not updated ({one_line(e)}); training goes on")
+                self.save_failed = True
 
     def finish(self, status: str = "FINISHED") -> None:
         """status: FINISHED, KILLED (stopped by SIGTERM, to be resumed) or FAILED."""
-        self._each("finish", lambda t: t.finish(status, self.out))
+        for tracker in list(self.trackers):
+            self._call(tracker, "finish", lambda t: t.finish(status, self.out))
         self.trackers = []
 
-    def _each(self, what: str, call) -> None:
-        for tracker in list(self.trackers):
-            try:
-                call(tracker)
-            except Exception as e:  # noqa: BLE001
-                self.trackers.remove(tracker)
-                warn(f"{tracker.name} tracking stopped at {what} ({one_line(e)}); training goes on without it")
+    def _call(self, tracker, what: str, call) -> bool:
+        try:
+            call(tracker)
+            return True
+        except Exception as e:  # noqa: BLE001
+            self.trackers.remove(tracker)
+            warn(f"{tracker.name} tracking stopped at {what} ({one_line(e)}); training goes on without it")
+            return False
 
 
 def one_line(error: Exception) -> str:
