@@ -43,14 +43,14 @@ RUN set -eux; \
     cd /tmp/llmlaunch-src; \
     DS_BUILD_FUSED_ADAM=${DS_BUILD_FUSED_ADAM} TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}" \
       python -m pip install --no-cache-dir --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}"; \
-    python -m pip install --no-cache-dir $(python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(p["dependencies"] + p["optional-dependencies"]["trainer"]))'); \
+    python -m pip install --no-cache-dir $(python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(" ".join(p["dependencies"] + p["optional-dependencies"]["trainer"] + p["optional-dependencies"]["tracking"]))'); \
     test "$(python -c 'import torch; print(torch.__version__)')" = "$torch_before"; \
     cd /; rm -rf /tmp/llmlaunch-src /tmp/.cache
 
 COPY . /tmp/llmlaunch-src
 RUN set -eux; \
     python -m pip install --no-cache-dir --no-deps /tmp/llmlaunch-src; \
-    python -c 'import deepspeed, peft, transformers, trainer, launcher'; \
+    python -c 'import deepspeed, peft, transformers, trainer, launcher, mlflow, wandb, tensorboard'; \
     command -v torchrun; \
     rm -rf /tmp/llmlaunch-src /tmp/.cache; \
     echo "llmlaunch:x:${UID}:${GID}:llmlaunch trainer:/tmp:/usr/sbin/nologin" >> /etc/passwd; \

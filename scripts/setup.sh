@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with llmlaunch and its trainer stack. Idempotent: a re-run with an unchanged
+# Create .venv with llmlaunch, its trainer stack and the experiment tracker clients. Idempotent: a re-run with an unchanged
 # pyproject.toml does nothing. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "${LLMLAUNCH_TORCH:-torch==2.13.0}"
 # DeepSpeed compiles its setup against the installed torch, so it must not get an isolated build env.
 .venv/bin/python -c "import deepspeed" 2>/dev/null || "${pip[@]}" --no-build-isolation "deepspeed>=0.15"
-"${pip[@]}" -e ".[trainer,report,test]"
+"${pip[@]}" -e ".[trainer,report,tracking,test]"
 
 # DeepSpeed JIT-compiles its CPU shared-memory comm op on first use (~100 s); do it once here,
 # cached in ~/.cache/torch_extensions, instead of inside the first training run.

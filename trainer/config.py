@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator, model_validator
 
 from trainer.errors import ConfigError
+from trainer.tracking_config import TrackingConfig
 
 PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero3-offload")
 
@@ -317,6 +318,7 @@ class TrainConfig(Section):
         "auto", description="auto: bf16 on GPUs with it, fp16 on older GPUs, fp32 on CPU."
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:

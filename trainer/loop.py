@@ -61,6 +61,7 @@ class Trainer:
         if found is not None:
             self.state = LoopState(**resume.load(self.engine, found, cfg.run.micro_batch_size))
             self.runlog.resumed(found.path, self.state.step, getattr(self.engine, "skipped_steps", 0))
+        self.runlog.start_tracking(self.state.step, self.ds_config)
         self.watchdog = Watchdog(self.topo.rank, self.topo.node_rank, self.topo.world_size, cfg.run.hang_timeout_s)
         trainable, total = count_parameters(self.model)
         self.runlog.info(
@@ -102,6 +103,16 @@ class Trainer:
     def train(self) -> bool:
         """Train to the end (True), or until a SIGTERM stops every rank after a checkpoint (False)."""
         self.setup()
+        try:
+            finished = self._train()
+        except BaseException:
+            self.runlog.trackers.finish("FAILED")  # flushed and marked; a restart continues the same runs
+            raise
+        if not finished:
+            self.runlog.trackers.finish("KILLED")
+        return finished
+
+    def _train(self) -> bool:
         cfg, state, engine = self.cfg, self.state, self.engine
         batches = self._batches()
         bar = progress_bar(self.topo, self.total_steps, state.step)

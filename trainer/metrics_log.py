@@ -57,13 +57,16 @@ class MetricsLog:
     def log_eval(self, *, step: int, eval_loss: float) -> None:
         self.write(step=step, eval_loss=eval_loss)
 
-    def write(self, *, step: int, **fields: float | None) -> None:
+    def write(self, *, step: int, **fields: float | None) -> dict | None:
+        """Append one record; returns it as written (the experiment trackers get exactly this), None when off."""
         if self._file is None:
-            return
+            return None
         # NaN / inf are not JSON: written as null, so a diverged run still leaves a readable log
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()}
-        self._file.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
+        record = {"step": step, "time": round(time.time(), 3), **clean}
+        self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        return record
 
     def close(self) -> None:
         if self._file is not None:

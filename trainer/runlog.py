@@ -23,6 +23,7 @@ from trainer.gpu_metrics import gather_node_gpus, gpu_uuid
 from trainer.metrics_log import MetricsLog
 from trainer.mfu import flops_per_token, peak_flops
 from trainer.state import LoopState
+from trainer.tracking import Trackers
 
 log = logging.getLogger("llmlaunch.trainer")
 
@@ -69,6 +70,7 @@ class RunLog:
                  attention_len: float | None = None) -> None:
         self.out, self.topo, self.cfg, self.total_steps = out, topo, cfg, total_steps
         self.log = MetricsLog(out, enabled=topo.is_main)
+        self.trackers = Trackers(out, [])  # none until start_tracking
         self.path = self.log.path
         self.world = topo.world_size
         self.pending: dict | None = None
@@ -185,9 +187,13 @@ class RunLog:
         self.info(f"eval at step {state.step}: loss {eval_loss:.4f} ppl {ppl:.2f}{' (best)' if improved else ''}"
                   + (" - early stopping" if state.stopped_early else ""))
 
+    def start_tracking(self, step: int, ds_config: dict) -> None:
+        """The experiment trackers (rank 0), once the resumed step is known: a resumed run continues their runs."""
+        self.trackers = Trackers.start(self.cfg, self.out, ds_config, step=step, is_main=self.topo.is_main)
+
     def flush(self) -> None:
         if self.pending is not None:
-            self.log.write(**self.pending)
+            self.trackers.log(self.log.write(**self.pending))  # the trackers get metrics.jsonl's very record
         self.pending = None
 
     def checkpoint(self, state: LoopState, seconds: float) -> None:
@@ -205,3 +211,4 @@ class RunLog:
         self.info(f"done at step {state.step}{best}; model in {self.out / 'final'}")
         self.metrics.close()
         self.log.close()
+        self.trackers.finish("FINISHED")  # after the export: MLflow may upload final/
