@@ -239,7 +239,7 @@ def _in_force(doc: dict, path: tuple[str, ...], value: Any, chain: list) -> bool
         if not isinstance(now[-1], dict) or key not in now[-1]:
             return False
         now.append(now[-1][key])
-    if any(a is not b for a, b in zip(now, chain)):  # a section above was replaced
+    if any(a is not b for a, b in zip(now, chain, strict=True)):  # a section above was replaced
         return False
     parent = now[-1]
     return path[-1] not in parent if value is DELETE else path[-1] in parent and parent[path[-1]] is value

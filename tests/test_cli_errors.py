@@ -70,7 +70,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_every_command_has_help():
-    for name, command in cli.commands.items():
+    for name in cli.commands:
         result = run(name, "--help")
         assert result.exit_code == 0 and "Usage:" in result.stdout, name
 

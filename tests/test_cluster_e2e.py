@@ -47,7 +47,7 @@ def contains(sent, stored, where="") -> list[str]:
     if isinstance(sent, list):
         if not isinstance(stored, list) or len(sent) != len(stored):
             return [where]
-        return [p for i, (a, b) in enumerate(zip(sent, stored)) for p in contains(a, b, f"{where}[{i}]")]
+        return [p for i, (a, b) in enumerate(zip(sent, stored, strict=True)) for p in contains(a, b, f"{where}[{i}]")]
     # The server may write a quantity back as a string (8 -> "8"); that is the same value.
     return [] if sent == stored or str(sent) == str(stored) else [where]
 
@@ -59,7 +59,7 @@ def set_conditions(plane, ns: str, name: str, *types: str, path: str = PYTORCHJO
         last = i == len(types) - 1
         status = "True" if last or t == "Created" else "False"
         conditions.append({"type": t, "status": status, "reason": f"PyTorchJob{t}", "message": f"PyTorchJob {name} is {t.lower()}.",
-                           "lastUpdateTime": "2025-01-01T00:00:0%dZ" % i, "lastTransitionTime": "2025-01-01T00:00:0%dZ" % i})
+                           "lastUpdateTime": f"2025-01-01T00:00:0{i}Z", "lastTransitionTime": f"2025-01-01T00:00:0{i}Z"})
     plane.api("PATCH", path.format(ns=ns) + f"/{name}/status", {"status": {"conditions": conditions}},
               content_type="application/merge-patch+json")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -110,7 +111,7 @@ def test_integers_beyond_the_api_fields_are_refused(key, limit):
 def test_integers_of_any_length_are_one_line(tmp_path):
     digits = "9" * 5000
     job = tmp_path / "job.yaml"
-    job.write_text(open(TINY).read().replace("nodes: 1", f"nodes: {digits}"))
+    job.write_text(Path(TINY).read_text().replace("nodes: 1", f"nodes: {digits}"))
     assert_refused(run("validate", str(job)), "job.yaml: a value is out of range")
     assert_refused(run("validate", TINY, "--set", f"cluster.nodes={digits}"), "--set cluster.nodes: value out of range")
 
@@ -140,7 +141,7 @@ def test_a_self_referencing_alias_is_refused(tmp_path):
 ])
 def test_non_json_yaml_values_are_one_line_anywhere(tmp_path, yaml_value, message):
     job = tmp_path / "job.yaml"
-    job.write_text(open(TINY).read().replace(
+    job.write_text(Path(TINY).read_text().replace(
         "cluster:\n", f"cluster:\n  scheduling:\n    affinity:\n      nodeAffinity:\n        since: {yaml_value}\n"))
     for command in ("validate", "render"):
         assert_refused(run(command, str(job)), message)

@@ -88,7 +88,7 @@ def explained(control_plane, node, tmp_path_factory):
             try:
                 wait_for(all_explained, "status to explain the three jobs", 120, 1)
             except AssertionError as e:
-                raise AssertionError(f"{e}; last seen: {json.dumps({n: last[n] for n in set(JOBS) - set(seen)})}")
+                raise AssertionError(f"{e}; last seen: {json.dumps({n: last[n] for n in set(JOBS) - set(seen)})}") from e
             yield plane, ns, seen, tmp
         finally:
             for name in JOBS:
