@@ -168,7 +168,8 @@ def _fitting_branch(b: dict, depth: int) -> st.SearchStrategy:
         props = b.get("properties") or {}
         required = set(b.get("required", []))
         fixed = st.fixed_dictionaries({k: fitting(v, depth + 1) for k, v in props.items() if k in required},
-                                      optional={k: fitting(v, depth + 1) for k, v in props.items() if k not in required})
+                                      optional={k: fitting(v, depth + 1)
+                                                for k, v in props.items() if k not in required})
         extra = b.get("additionalProperties", True)
         if extra is False or props:
             return fixed
