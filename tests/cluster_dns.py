@@ -97,7 +97,8 @@ class ClusterDNS(Poller):
     def start(self) -> ClusterDNS:
         dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         if not os.access(dnsmasq, os.X_OK):
-            raise RuntimeError("cluster DNS needs dnsmasq (Debian package dnsmasq-base): run scripts/install-test-deps.sh")
+            raise RuntimeError("cluster DNS needs dnsmasq (Debian package dnsmasq-base): "
+                               "run scripts/install-test-deps.sh")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.hosts_file.write_text("")
         user = pwd.getpwuid(os.getuid()).pw_name  # stay this user: state_dir may be private to it

@@ -3,6 +3,7 @@ moments trainer/failpoints.py freezes a rank (mid-step, while writing a checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -43,10 +44,8 @@ def kill_node(worker_pid: int) -> int:
     agent = psutil.Process(worker_pid).parent()
     procs = [agent, *agent.children(recursive=True)]
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     return agent.pid
 
 
@@ -82,10 +81,8 @@ def run_cli(tmp: Path, *args: str, failpoints: str = "", timeout: float = 600, o
         finally:
             if proc.poll() is None:  # timed out: take the launcher and every node down with it
                 for child in psutil.Process(proc.pid).children(recursive=True):
-                    try:
+                    with contextlib.suppress(psutil.NoSuchProcess):
                         child.kill()
-                    except psutil.NoSuchProcess:
-                        pass
                 proc.kill()
                 proc.wait()
     ordered = sorted(faults.values(), key=lambda r: r["time"])

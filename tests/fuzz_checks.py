@@ -33,7 +33,8 @@ class Outcome:
         found = [f"crash: {self.crash}"] if self.crash else []
         if self.code not in (0, 2):
             found.append(f"exit code {self.code}")
-        if self.code == 2 and not (self.lines and all(line.startswith("error: ") and len(line) > 7 for line in self.lines)):
+        one_per_problem = self.lines and all(line.startswith("error: ") and len(line) > 7 for line in self.lines)
+        if self.code == 2 and not one_per_problem:
             found.append(f"refused without one error: line per problem: {self.lines[:3]}")
         if self.seconds >= limit_s:
             found.append(f"took {self.seconds:.1f} s")

@@ -239,7 +239,8 @@ def _build_all(workdir: Path) -> dict[str, Path | str | float]:
     out["build_s"] = round(time.monotonic() - start, 1)
     start = time.monotonic()
     for key in ("trainer", "init"):
-        out[f"{key}_archive"] = podman.save(out[key], CACHE / "images" / f"{out[key].split('/')[-1].replace(':', '-')}.tar")
+        out[f"{key}_archive"] = podman.save(out[key],
+                                            CACHE / "images" / f"{out[key].split('/')[-1].replace(':', '-')}.tar")
     out["save_s"] = round(time.monotonic() - start, 1)
     return out
 

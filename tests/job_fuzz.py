@@ -168,7 +168,8 @@ def _fitting_branch(b: dict, depth: int) -> st.SearchStrategy:
         props = b.get("properties") or {}
         required = set(b.get("required", []))
         fixed = st.fixed_dictionaries({k: fitting(v, depth + 1) for k, v in props.items() if k in required},
-                                      optional={k: fitting(v, depth + 1) for k, v in props.items() if k not in required})
+                                      optional={k: fitting(v, depth + 1)
+                                                for k, v in props.items() if k not in required})
         extra = b.get("additionalProperties", True)
         if extra is False or props:
             return fixed
@@ -239,7 +240,7 @@ def _in_force(doc: dict, path: tuple[str, ...], value: Any, chain: list) -> bool
         if not isinstance(now[-1], dict) or key not in now[-1]:
             return False
         now.append(now[-1][key])
-    if any(a is not b for a, b in zip(now, chain)):  # a section above was replaced
+    if any(a is not b for a, b in zip(now, chain, strict=True)):  # a section above was replaced
         return False
     parent = now[-1]
     return path[-1] not in parent if value is DELETE else path[-1] in parent and parent[path[-1]] is value

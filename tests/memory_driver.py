@@ -59,7 +59,8 @@ def main() -> int:
     peak = status_kib("VmHWM")
     record = {"baseline_bytes": baseline * 1024, "peak_bytes": peak * 1024, "delta_bytes": (peak - baseline) * 1024,
               "seq_len": int(batches[0]["input_ids"].shape[1]),
-              "timeline_mib": [(what, (rss - baseline) // 1024, (hwm - baseline) // 1024) for what, rss, hwm in timeline]}
+              "timeline_mib": [(what, (rss - baseline) // 1024, (hwm - baseline) // 1024)
+                               for what, rss, hwm in timeline]}
     (out / f"rank{topo.rank}.json").write_text(json.dumps(record))
     return 0
 

@@ -115,9 +115,11 @@ class PyTorchJobOperator(Poller):
         name, uid = job["metadata"]["name"], job["metadata"]["uid"]
         specs, run_policy = job["spec"]["pytorchReplicaSpecs"], job["spec"]["runPolicy"]
         # GetPodsForJob / GetServicesForJob (pytorchjob_controller.go): by GenLabels, pods also by controllerRef
-        pods = [p for p in (self.plane.api("GET", self._core_path("pods", selector=gen_labels(name))) or {}).get("items", [])
+        pod_list = self.plane.api("GET", self._core_path("pods", selector=gen_labels(name))) or {}
+        pods = [p for p in pod_list.get("items", [])
                 if any(r.get("controller") and r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])]
-        services = (self.plane.api("GET", self._core_path("services", selector=gen_labels(name))) or {}).get("items", [])
+        service_list = self.plane.api("GET", self._core_path("services", selector=gen_labels(name))) or {}
+        services = service_list.get("items", [])
         old = copy.deepcopy(status)
         if is_finished(status):
             self._clean_up(job, status, pods)
@@ -216,7 +218,8 @@ class PyTorchJobOperator(Poller):
         if is_finished(status) and policy == "None":
             return
         for pod in pods:
-            if is_finished(status) and policy == "Running" and pod.get("status", {}).get("phase") not in ("Running", "Pending"):
+            if (is_finished(status) and policy == "Running"
+                    and pod.get("status", {}).get("phase") not in ("Running", "Pending")):
                 continue
             self._delete("pods", pod)
             self._delete("services", pod)  # "Pod and service have the same name"

@@ -208,6 +208,7 @@ def new_service(job: dict, rtype: str, index: int) -> dict:
     labels = gen_labels(name)
     labels[REPLICA_TYPE_LABEL], labels[REPLICA_INDEX_LABEL] = rt, str(index)
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": general_name(name, rt, index), "labels": labels, "ownerReferences": [owner_reference(job)]},
+            "metadata": {"name": general_name(name, rt, index), "labels": labels,
+                         "ownerReferences": [owner_reference(job)]},
             "spec": {"clusterIP": "None", "selector": dict(labels),
                      "ports": service_ports(job["spec"]["pytorchReplicaSpecs"][rtype])}}

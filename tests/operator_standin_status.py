@@ -74,7 +74,8 @@ def count_pod(replica_status: dict, pod: dict) -> None:
 
 
 def is_active(pod: dict) -> bool:
-    return pod.get("status", {}).get("phase") not in ("Succeeded", "Failed") and not pod["metadata"].get("deletionTimestamp")
+    return (pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+            and not pod["metadata"].get("deletionTimestamp"))
 
 
 def exit_code(pod: dict) -> int:

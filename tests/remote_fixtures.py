@@ -17,7 +17,8 @@ from pathlib import Path
 
 def s3_env(endpoint: str, tmp: Path) -> dict[str, str]:
     """What a pod gets through cluster.secrets / cluster.env; no ~/.aws file of this machine is read."""
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "llmlaunch-test", "AWS_SECRET_ACCESS_KEY": "llmlaunch-test",
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "llmlaunch-test",
+            "AWS_SECRET_ACCESS_KEY": "llmlaunch-test",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(tmp / "no-aws-config"),
             "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-credentials"), "AWS_EC2_METADATA_DISABLED": "true"}
 

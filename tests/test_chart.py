@@ -71,7 +71,8 @@ def test_scenarios_differ_where_they_should():
     off = kinds["monitoring-off"]
     assert set(off) == {"ConfigMap", "NetworkPolicy", "PyTorchJob"} and len(off["ConfigMap"]) == 1
     pod = off["PyTorchJob"][0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
-    assert "annotations" not in pod["metadata"] and [p["name"] for p in pod["spec"]["containers"][0]["ports"]] == ["pytorchjob-port"]
+    assert "annotations" not in pod["metadata"]
+    assert [p["name"] for p in pod["spec"]["containers"][0]["ports"]] == ["pytorchjob-port"]
     existing = kinds["existing-pvc"]
     assert "PersistentVolumeClaim" not in existing
     volumes = existing["PyTorchJob"][0]["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["volumes"]
@@ -84,7 +85,8 @@ def test_operator_kinds_only_where_the_cluster_serves_them_or_when_forced():
     assert [c["metadata"]["name"] for c in plain["ConfigMap"]] == ["run-config", "run-dashboard"]
     forced = by_kind(template("run", "--set", "monitoring.forceOperatorKinds=true", operator=False))
     assert len(forced["PodMonitor"]) == 1 and len(forced["PrometheusRule"]) == 1
-    switched_off = by_kind(template("run", "--set", "monitoring.podMonitor=false,monitoring.prometheusRule.enabled=false,"
+    switched_off = by_kind(template("run", "--set",
+                                    "monitoring.podMonitor=false,monitoring.prometheusRule.enabled=false,"
                                     "monitoring.dashboard.enabled=false"))
     assert set(switched_off) == {"ConfigMap", "NetworkPolicy", "PyTorchJob"}
 
@@ -117,11 +119,14 @@ def test_alert_rules_and_dashboard_are_monitorings_files():
     (["--set", "labels.team=a b"], "- at '/labels/team': 'a b' does not match pattern"),
     (["--set", "monitoring.dashboard.enabled=yes"], "- at '/monitoring/dashboard/enabled': got string, want boolean"),
     # Rules across values, checked by the templates (templates/_validate.tpl):
-    (["--set", "nodes=2"], "config.dsConfigJson was computed for a world size of 1 (train_batch_size 8), but nodes 2 x 1"),
+    (["--set", "nodes=2"],
+     "config.dsConfigJson was computed for a world size of 1 (train_batch_size 8), but nodes 2 x 1"),
     (["-f", ci_values("multi-node"), "--set", "gpusPerNode=4"],
      "config.dsConfigJson was computed for a world size of 32 (train_batch_size 1024), but nodes 4 x 4 processes"),
-    (["-f", ci_values("lora"), "--set", "gpusPerNode=0"], "config.dsConfigJson enables bf16, which CPU pods (gpusPerNode 0)"),
-    (["-f", ci_values("elastic"), "--set", "nodes=5"], "nodes 5 must lie within elastic.minNodes 1 and elastic.maxNodes 3"),
+    (["-f", ci_values("lora"), "--set", "gpusPerNode=0"],
+     "config.dsConfigJson enables bf16, which CPU pods (gpusPerNode 0)"),
+    (["-f", ci_values("elastic"), "--set", "nodes=5"],
+     "nodes 5 must lie within elastic.minNodes 1 and elastic.maxNodes 3"),
     (["-f", ci_values("existing-pvc"), "--set", "storage.accessMode=ReadWriteOnce"],
      "storage.accessMode ReadWriteOnce cannot be shared by 2 pods on different nodes"),
     (["--set", "storage.claim=data,storage.size=1Gi"], "storage: set storage.claim (an existing PVC) or storage.size"),
@@ -149,7 +154,8 @@ def test_package_is_a_self_contained_archive(tmp_path):
     assert archive.is_file() and str(archive) in result.stdout
     with tarfile.open(archive) as tar:
         members = {m.name: m for m in tar.getmembers()}
-        for name in ("Chart.yaml", "values.yaml", "values.schema.json", "templates/NOTES.txt", "ci/multi-node-values.yaml"):
+        for name in ("Chart.yaml", "values.yaml", "values.schema.json", "templates/NOTES.txt",
+                     "ci/multi-node-values.yaml"):
             assert f"llmlaunch/{name}" in members, name
         # The links into monitoring/ are resolved: the archive holds the files themselves.
         for name, source in [("dashboards/llmlaunch.json", DASHBOARD), ("alerts/llmlaunch-rules.yaml", RULES)]:

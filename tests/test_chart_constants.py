@@ -48,4 +48,5 @@ def test_templates_use_the_constants_not_literals(tmp_path):
     values = (ci / "single-node-values.yaml").read_text().replace("      max_restarts: 3\n", "")
     (tmp_path / "v.yaml").write_text(values)
     job = next(o for o in template("run", "-f", str(tmp_path / "v.yaml"), chart=chart) if o["kind"] == "PyTorchJob")
-    assert "--max-restarts=7" in job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert "--max-restarts=7" in master["containers"][0]["command"]

@@ -84,7 +84,8 @@ def test_install_upgrade_uninstall_leaves_nothing_behind(control_plane):
     left = stored(control_plane, ns)
     assert names(left) == {("PersistentVolumeClaim", "pretrain-1b-data")}
     claim = left["PersistentVolumeClaim"][0]
-    assert claim["metadata"]["deletionTimestamp"] and claim["metadata"]["finalizers"] == ["kubernetes.io/pvc-protection"]
+    assert claim["metadata"]["deletionTimestamp"]
+    assert claim["metadata"]["finalizers"] == ["kubernetes.io/pvc-protection"]
     path = COLLECTIONS["PersistentVolumeClaim"].format(ns=ns) + "/pretrain-1b-data"
     control_plane.api("PATCH", path, {"metadata": {"finalizers": None}}, content_type="application/merge-patch+json")
     assert stored(control_plane, ns) == {}
@@ -98,7 +99,8 @@ def test_a_trainjob_release_installs_and_uninstalls(control_plane):
     helm("install", "tj", str(CHART), "-n", ns, "-f", ci_values("trainjob"), "--set", "storage.size=null",
          kubeconfig=kube)
     objects = stored(control_plane, ns)
-    assert {kind for kind in objects} == {"ConfigMap", "NetworkPolicy", "PodMonitor", "PrometheusRule", "TrainJob", "Secret"}
+    assert {kind for kind in objects} == {"ConfigMap", "NetworkPolicy", "PodMonitor", "PrometheusRule",
+                                          "TrainJob", "Secret"}
     assert objects["TrainJob"][0]["spec"]["trainer"]["numNodes"] == 2
     helm("uninstall", "tj", "-n", ns, kubeconfig=kube)
     assert stored(control_plane, ns) == {}

@@ -110,5 +110,6 @@ def test_user_strings_reach_the_chart_verbatim(value, tmp_path):
     objects, _ = chart_objects(spec, tmp_path)
     assert chart_helm.canonical(objects) == chart_helm.canonical(render(spec))
     job = next(o for o in objects if o["kind"] == "PyTorchJob")
-    env = {e["name"]: e for e in job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["env"]}
+    worker = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    env = {e["name"]: e for e in worker["containers"][0]["env"]}
     assert env["USER_NOTE"]["value"] == value

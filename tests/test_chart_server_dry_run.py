@@ -26,7 +26,8 @@ SCENARIOS = sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").g
 
 
 def rendered(scenario: str, ns: str) -> str:
-    return helm("template", "run", str(CHART), "-n", ns, "--api-versions", OPERATOR_API, "-f", ci_values(scenario)).stdout
+    return helm("template", "run", str(CHART), "-n", ns, "--api-versions", OPERATOR_API,
+                "-f", ci_values(scenario)).stdout
 
 
 def server_dry_run(plane, ns: str, text: str) -> subprocess.CompletedProcess:

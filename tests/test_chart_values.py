@@ -184,7 +184,8 @@ def test_values_help_and_schema_command():
 def test_values_imports_no_tensor_library_and_no_kubernetes_client():
     code = ("import sys, json; from launcher.cli import cli\n"
             "cli.main(['values', sys.argv[1], '--nodes', '4'], standalone_mode=False)\n"
-            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'deepspeed', 'transformers', 'peft', 'kubernetes'})\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'torch', 'deepspeed', 'transformers', 'peft', 'kubernetes'})\n"
             "print(json.dumps(heavy), file=sys.stderr)")
     result = subprocess.run([sys.executable, "-c", code, TINY], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
@@ -216,4 +217,5 @@ def test_values_header_is_comment_lines_and_a_pasteable_command():
     echo_args = "import json, sys; print(json.dumps(sys.argv[1:]))"
     words = subprocess.run(["bash", "-c", f"python3 -c {shlex.quote(echo_args)} {shown.removeprefix('llmlaunch ')}"],
                            capture_output=True, text=True, check=True).stdout
-    assert json.loads(words) == ["values", TINY, "--set", f"cluster.annotations.note={note}", "--set", "cluster.env.A=b c"]
+    assert json.loads(words) == ["values", TINY, "--set", f"cluster.annotations.note={note}",
+                                 "--set", "cluster.env.A=b c"]

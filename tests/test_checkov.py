@@ -42,7 +42,10 @@ def scan(tmp_path_factory):
     for name in cases():
         (root / name).mkdir()
         for i, obj in enumerate(render(load_case(name))):
-            parts = [(obj["kind"], p) for _, p in schema_check.pod_templates(obj)] if obj["kind"] == "PyTorchJob" else [("", obj)]
+            if obj["kind"] == "PyTorchJob":
+                parts = [(obj["kind"], p) for _, p in schema_check.pod_templates(obj)]
+            else:
+                parts = [("", obj)]
             for j, (_, part) in enumerate(parts):
                 if part["kind"] != "TrainJob":
                     (root / name / f"{i:02d}-{j}-{part['kind'].lower()}.yaml").write_text(to_yaml(part))

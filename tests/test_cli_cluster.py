@@ -37,7 +37,8 @@ def test_render_prints_a_yaml_stream_with_the_flags_applied():
     job = objs[-1]
     assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3 and job["spec"]["nprocPerNode"] == "2"
     assert {o["metadata"]["namespace"] for o in objs} == {"ml"}
-    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] == "reg.example/t:2"
+    master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert master["containers"][0]["image"] == "reg.example/t:2"
 
 
 def test_render_to_a_directory_writes_one_file_per_object(tmp_path):
@@ -53,7 +54,8 @@ def test_render_to_a_directory_writes_one_file_per_object(tmp_path):
     ("args", "message"),
     [
         (["render", "missing.yaml"], "error: missing.yaml: cannot read job file"),
-        (["render", TINY, "--set", "cluster.nodes=0"], "error: cluster.nodes: Input should be greater than or equal to 1"),
+        (["render", TINY, "--set", "cluster.nodes=0"],
+         "error: cluster.nodes: Input should be greater than or equal to 1"),
         (["render", TINY, "-n", "Bad_NS"], "error: cluster.namespace: must be a DNS-1123 label"),
         (["render", TINY, "--image", "a b"], "error: cluster.image: an image reference has no whitespace"),
         (["render", TINY, "--set", "train.precision=fp16"], "error: train.precision: fp16 needs GPU pods"),
@@ -77,7 +79,8 @@ def test_debug_shows_the_traceback():
 def test_client_dry_run_lists_the_objects_without_a_cluster(tmp_path):
     result = run("submit", TINY, "--dry-run", "client", "--kubeconfig", str(tmp_path / "none"))
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == ["configmap/tiny-config created (dry run)", "networkpolicy/tiny created (dry run)",
+    assert result.stdout.splitlines() == ["configmap/tiny-config created (dry run)",
+                                          "networkpolicy/tiny created (dry run)",
                                           "podmonitor/tiny created (dry run)", "pytorchjob/tiny created (dry run)"]
 
 
@@ -106,7 +109,8 @@ def test_unknown_context_is_a_cluster_error(tmp_path):
     config = tmp_path / "kubeconfig"
     config.write_text(kubeconfig_text("https://127.0.0.1:1", "t"))
     result = run("list", "--kubeconfig", str(config), "--context", "prod")
-    assert result.exit_code == 1 and result.stderr.startswith(f"error: kubeconfig {config}: ") and "prod" in result.stderr
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: kubeconfig {config}: ") and "prod" in result.stderr
 
 
 def test_init_writes_an_example_that_validates(tmp_path):
@@ -128,7 +132,8 @@ def test_render_imports_no_tensor_library_and_no_kubernetes_client():
     code = ("import sys; from launcher.cli import cli\n"
             "try:\n    cli.main(['render', sys.argv[1], '--nodes', '4'], standalone_mode=False)\n"
             "finally:\n    sys.stdout.flush()\n"
-            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'deepspeed', 'transformers', 'peft', 'kubernetes'})\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'torch', 'deepspeed', 'transformers', 'peft', 'kubernetes'})\n"
             "print(json.dumps(heavy), file=sys.stderr)")
     result = subprocess.run([sys.executable, "-c", "import json\n" + code, TINY], capture_output=True, text=True,
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)

@@ -40,12 +40,14 @@ def test_not_yaml(tmp_path):
 @pytest.mark.parametrize(
     "sections,fragment",
     [
-        ({"data": {"train": "/nonexistent/train.jsonl"}}, "train.data.train: no such file or folder /nonexistent/train.jsonl"),
+        ({"data": {"train": "/nonexistent/train.jsonl"}},
+         "train.data.train: no such file or folder /nonexistent/train.jsonl"),
         ({"data": {"seq_len": 1024}}, "data.seq_len 1024 is above the model's limit"),
         ({"deepspeed": {"preset": "zero7"}}, "train.deepspeed.preset: unknown preset 'zero7'"),
         ({"precision": "fp16"}, "train.precision: fp16 needs a GPU"),
         ({"run": {"global_batch_size": 6}}, "train.run.global_batch_size 6 does not divide into 2 processes"),
-        ({"method": {"kind": "lora", "lora": {"merge_on_export": True}}}, "method.lora.merge_on_export needs model.pretrained"),
+        ({"method": {"kind": "lora", "lora": {"merge_on_export": True}}},
+         "method.lora.merge_on_export needs model.pretrained"),
     ],
 )
 def test_train_refuses_bad_input_before_any_process_starts(tmp_path, monkeypatch, sections, fragment):
@@ -70,7 +72,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_every_command_has_help():
-    for name, command in cli.commands.items():
+    for name in cli.commands:
         result = run(name, "--help")
         assert result.exit_code == 0 and "Usage:" in result.stdout, name
 

@@ -133,7 +133,8 @@ def invocations(draw) -> tuple[str, list[str], bool]:
          with_file=True)
 @example(document=VALID, invocation=("render", ["--nodes", "2"], False), with_file=True)
 @example(document=VALID, invocation=("validate", ["--set", "cluster.nodes"], True), with_file=True)
-@given(document=st.one_of(st.just(VALID), st.just(VALID), text_docs), invocation=invocations(), with_file=st.sampled_from([True] * 3 + [False]))
+@given(document=st.one_of(st.just(VALID), st.just(VALID), text_docs), invocation=invocations(),
+       with_file=st.sampled_from([True] * 3 + [False]))
 def test_command_lines_that_are_wrong_exit_2_and_write_nothing(document, invocation, with_file):
     command, args, wrong = invocation
     wrong |= document != VALID or not with_file

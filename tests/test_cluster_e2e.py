@@ -47,7 +47,7 @@ def contains(sent, stored, where="") -> list[str]:
     if isinstance(sent, list):
         if not isinstance(stored, list) or len(sent) != len(stored):
             return [where]
-        return [p for i, (a, b) in enumerate(zip(sent, stored)) for p in contains(a, b, f"{where}[{i}]")]
+        return [p for i, (a, b) in enumerate(zip(sent, stored, strict=True)) for p in contains(a, b, f"{where}[{i}]")]
     # The server may write a quantity back as a string (8 -> "8"); that is the same value.
     return [] if sent == stored or str(sent) == str(stored) else [where]
 
@@ -58,8 +58,10 @@ def set_conditions(plane, ns: str, name: str, *types: str, path: str = PYTORCHJO
     for i, t in enumerate(types):
         last = i == len(types) - 1
         status = "True" if last or t == "Created" else "False"
-        conditions.append({"type": t, "status": status, "reason": f"PyTorchJob{t}", "message": f"PyTorchJob {name} is {t.lower()}.",
-                           "lastUpdateTime": "2025-01-01T00:00:0%dZ" % i, "lastTransitionTime": "2025-01-01T00:00:0%dZ" % i})
+        conditions.append({"type": t, "status": status, "reason": f"PyTorchJob{t}",
+                           "message": f"PyTorchJob {name} is {t.lower()}.",
+                           "lastUpdateTime": f"2025-01-01T00:00:0{i}Z",
+                           "lastTransitionTime": f"2025-01-01T00:00:0{i}Z"})
     plane.api("PATCH", path.format(ns=ns) + f"/{name}/status", {"status": {"conditions": conditions}},
               content_type="application/merge-patch+json")
 
@@ -70,18 +72,22 @@ def test_submit_creates_every_object_as_rendered_then_list_status_delete(control
             "cluster.secrets=[{env: HF_TOKEN, secret: hf, key: token}]", "-n", ns)
     result = llmlaunch(control_plane, "submit", TINY, *args)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[:5] == ["configmap/tiny-config created", "persistentvolumeclaim/tiny-data created",
-                                              "networkpolicy/tiny created", "podmonitor/tiny created", "pytorchjob/tiny created"]
+    assert result.stdout.splitlines()[:5] == ["configmap/tiny-config created",
+                                              "persistentvolumeclaim/tiny-data created",
+                                              "networkpolicy/tiny created", "podmonitor/tiny created",
+                                              "pytorchjob/tiny created"]
     expected = render(load_job(TINY, ["cluster.nodes=3", "cluster.storage.size=1Gi", f"cluster.namespace={ns}",
-                                      "cluster.secrets=[{env: HF_TOKEN, secret: hf, key: token}]"], resolve_paths=False))
-    paths = {"ConfigMap": CONFIGMAPS, "PersistentVolumeClaim": PVCS, "PodMonitor": PODMONITORS, "PyTorchJob": PYTORCHJOBS,
-             "NetworkPolicy": NETPOLS}
+                                      "cluster.secrets=[{env: HF_TOKEN, secret: hf, key: token}]"],
+                               resolve_paths=False))
+    paths = {"ConfigMap": CONFIGMAPS, "PersistentVolumeClaim": PVCS, "PodMonitor": PODMONITORS,
+             "PyTorchJob": PYTORCHJOBS, "NetworkPolicy": NETPOLS}
     for obj in expected:
         stored = control_plane.api("GET", paths[obj["kind"]].format(ns=ns) + "/" + obj["metadata"]["name"])
         assert contains(obj, stored) == [], f"{obj['kind']}: the server dropped or changed these fields"
 
     listed = llmlaunch(control_plane, "list", "-n", ns, "-o", "json")
-    assert [(r["name"], r["kind"], r["state"], r["nodes"]) for r in json.loads(listed.stdout)] == [("tiny", "PyTorchJob", "Pending", 3)]
+    rows = [(r["name"], r["kind"], r["state"], r["nodes"]) for r in json.loads(listed.stdout)]
+    assert rows == [("tiny", "PyTorchJob", "Pending", 3)]
     status = llmlaunch(control_plane, "status", "tiny", "-n", ns)
     assert status.exit_code == 0 and "state:      Pending" in status.stdout
 
@@ -104,13 +110,15 @@ def test_server_dry_run_validates_and_creates_nothing(control_plane):
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ["configmap/tiny-config created (server dry run)",
                                           "networkpolicy/tiny created (server dry run)",
-                                          "podmonitor/tiny created (server dry run)", "pytorchjob/tiny created (server dry run)"]
+                                          "podmonitor/tiny created (server dry run)",
+                                          "pytorchjob/tiny created (server dry run)"]
     for path in (CONFIGMAPS, NETPOLS, PODMONITORS, PYTORCHJOBS):
         assert names_in(control_plane, path, ns) == []
 
 
 @pytest.mark.parametrize(("conditions", "state"), [
-    (("Created",), "Created"), (("Created", "Running"), "Running"), (("Created", "Running", "Restarting"), "Restarting"),
+    (("Created",), "Created"), (("Created", "Running"), "Running"),
+    (("Created", "Running", "Restarting"), "Restarting"),
     (("Created", "Running", "Succeeded"), "Succeeded"), (("Created", "Running", "Failed"), "Failed"),
 ])
 def test_status_reports_the_operators_conditions(control_plane, conditions, state):
@@ -130,7 +138,8 @@ def test_status_reports_the_operators_conditions(control_plane, conditions, stat
 def test_submit_wait_follows_the_job_until_it_runs_or_fails(control_plane, final, exit_code):
     ns = control_plane.create_namespace()
     box = {}
-    thread = threading.Thread(target=lambda: box.update(r=llmlaunch(control_plane, "submit", TINY, "-n", ns, "--wait", "--timeout", "60")))
+    thread = threading.Thread(target=lambda: box.update(r=llmlaunch(control_plane, "submit", TINY, "-n", ns, "--wait",
+                                                                    "--timeout", "60")))
     thread.start()
     deadline = time.monotonic() + 30
     while "tiny" not in names_in(control_plane, PYTORCHJOBS, ns):
@@ -188,7 +197,8 @@ def test_a_submit_failing_halfway_removes_what_it_created(control_plane):
     result = llmlaunch(control_plane, "submit", TINY, "-n", ns)
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: pytorchjob {ns}/tiny already exists")
-    assert result.stderr.rstrip().endswith("(removed what this submit created: podmonitor/tiny, networkpolicy/tiny, configmap/tiny-config)")
+    assert result.stderr.rstrip().endswith(
+        "(removed what this submit created: podmonitor/tiny, networkpolicy/tiny, configmap/tiny-config)")
     for path in (CONFIGMAPS, NETPOLS, PODMONITORS):
         assert names_in(control_plane, path, ns) == []
 
@@ -205,7 +215,8 @@ def test_forbidden_user_gets_the_servers_reason_and_nothing_is_created(control_p
     result = llmlaunch(control_plane, "submit", TINY, "-n", ns, kubeconfig=control_plane.nobody_kubeconfig)
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: cannot create configmap {ns}/tiny-config: ")
-    assert 'User "nobody" cannot create resource "configmaps"' in result.stderr and "(Forbidden, HTTP 403)" in result.stderr
+    assert 'User "nobody" cannot create resource "configmaps"' in result.stderr
+    assert "(Forbidden, HTTP 403)" in result.stderr
     assert len(result.stderr.splitlines()) == 1 and names_in(control_plane, CONFIGMAPS, ns) == []
     status = llmlaunch(control_plane, "status", "tiny", "-n", ns, kubeconfig=control_plane.nobody_kubeconfig)
     assert status.exit_code == 1 and "Forbidden" in status.stderr
@@ -249,13 +260,14 @@ def test_delete_keep_data_and_existing_claims_are_left_alone(control_plane):
     assert deleted.exit_code == 0, deleted.output
     gone = owned - {("PersistentVolumeClaim", "tiny-data")}
     assert sorted(deleted.stdout.splitlines()) == sorted(f"{kind.lower()}/{name} deleted" for kind, name in gone)
-    paths = {"ConfigMap": CONFIGMAPS, "PersistentVolumeClaim": PVCS, "PodMonitor": PODMONITORS, "PyTorchJob": PYTORCHJOBS,
-             "NetworkPolicy": NETPOLS}
+    paths = {"ConfigMap": CONFIGMAPS, "PersistentVolumeClaim": PVCS, "PodMonitor": PODMONITORS,
+             "PyTorchJob": PYTORCHJOBS, "NetworkPolicy": NETPOLS}
     for kind, name in gone:
         assert control_plane.api("GET", paths[kind].format(ns=ns) + "/" + name) is None, f"{kind} {name} is still there"
     claim = control_plane.api("GET", PVCS.format(ns=ns) + "/tiny-data")
     assert claim is not None and not claim["metadata"].get("deletionTimestamp")  # kept, and not on its way out
-    assert names_in(control_plane, PYTORCHJOBS, ns) == ["other"] and names_in(control_plane, CONFIGMAPS, ns) == ["other-config"]
+    assert names_in(control_plane, PYTORCHJOBS, ns) == ["other"]
+    assert names_in(control_plane, CONFIGMAPS, ns) == ["other-config"]
 
     control_plane.api("POST", PVCS.format(ns=ns), {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                       "metadata": {"name": "shared"}, "spec": {"accessModes": ["ReadWriteMany"],
@@ -298,7 +310,8 @@ def test_logs_picks_the_pod_of_the_requested_node(control_plane):
                                                    "training.kubeflow.org/replica-index": "1"}, node="gpu-node-1")
     master = llmlaunch(control_plane, "logs", "tiny", "-n", ns)
     assert master.exit_code == 1
-    assert master.stderr == f"error: pod {ns}/tiny-master-0 of node 0 is not scheduled yet (phase Pending): no logs to show\n"
+    assert master.stderr == (f"error: pod {ns}/tiny-master-0 of node 0 is not scheduled yet (phase Pending): "
+                             "no logs to show\n")
     for node, pod in ((1, "tiny-worker-0"), (2, "tiny-worker-1")):
         result = llmlaunch(control_plane, "logs", "tiny", "-n", ns, "--node", str(node), "--tail", "5")
         # The pod was found and its log requested from the server, which cannot reach a kubelet here.

@@ -42,10 +42,12 @@ def test_list_shows_submitted_and_chart_jobs_together(control_plane):
 
 
 def make_claim(plane, ns: str, name: str, modes: list[str], bound_modes: list[str] | None = None) -> None:
-    plane.api("POST", PVCS.format(ns=ns), {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
-                                           "spec": {"accessModes": modes, "resources": {"requests": {"storage": "1Gi"}}}})
+    plane.api("POST", PVCS.format(ns=ns),
+              {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+               "spec": {"accessModes": modes, "resources": {"requests": {"storage": "1Gi"}}}})
     if bound_modes is not None:  # what the bound volume offers, as the controller-manager would write it
-        plane.api("PATCH", f"{PVCS.format(ns=ns)}/{name}/status", {"status": {"phase": "Bound", "accessModes": bound_modes}},
+        plane.api("PATCH", f"{PVCS.format(ns=ns)}/{name}/status",
+                  {"status": {"phase": "Bound", "accessModes": bound_modes}},
                   content_type="application/merge-patch+json")
 
 
@@ -65,9 +67,12 @@ def test_submit_looks_up_an_existing_claim_and_refuses_read_write_once_for_sever
 def test_a_bound_claim_is_judged_by_its_volume_and_a_missing_one_is_named(control_plane):
     ns = control_plane.create_namespace("bound")
     make_claim(control_plane, ns, "asked-rwx", ["ReadWriteMany"], bound_modes=["ReadWriteOnce"])
-    refused = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--nodes", "2", "--set", "cluster.storage.claim=asked-rwx")
+    refused = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--nodes", "2",
+                        "--set", "cluster.storage.claim=asked-rwx")
     assert refused.exit_code == 1 and "asked-rwx is ReadWriteOnce" in refused.output
-    missing = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "cluster.storage.claim=nope", "--dry-run", "server")
+    missing = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "cluster.storage.claim=nope",
+                        "--dry-run", "server")
     assert missing.exit_code == 1 and f"no PersistentVolumeClaim {ns}/nope" in missing.output
     make_claim(control_plane, ns, "rwx", ["ReadWriteMany"], bound_modes=["ReadWriteMany"])
-    assert llmlaunch(control_plane, "submit", TINY, "-n", ns, "--nodes", "2", "--set", "cluster.storage.claim=rwx").exit_code == 0
+    assert llmlaunch(control_plane, "submit", TINY, "-n", ns, "--nodes", "2",
+                     "--set", "cluster.storage.claim=rwx").exit_code == 0

@@ -118,12 +118,14 @@ def test_empty_dataset_is_refused(tmp_path):
 
 @pytest.mark.parametrize("preset,stage", [("zero0", 0), ("zero1", 1), ("zero2", 2), ("zero3", 3), ("zero3-offload", 3)])
 def test_ds_config_assembly(tmp_path, preset, stage):
-    job = tiny_job(tmp_path, deepspeed={"preset": preset, "overrides": {"zero_optimization": {"reduce_bucket_size": 1000}}},
+    job = tiny_job(tmp_path,
+                   deepspeed={"preset": preset, "overrides": {"zero_optimization": {"reduce_bucket_size": 1000}}},
                    run={"grad_accum": 3}, optim={"grad_clip": 0.5})
     ds = build_ds_config(load_job(job).train, world_size=2, precision="bf16")
     assert ds["zero_optimization"]["stage"] == stage
     assert ds["zero_optimization"]["reduce_bucket_size"] == 1000  # override merged, siblings kept
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 3, 24)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"],
+            ds["train_batch_size"]) == (4, 3, 24)
     assert ds["gradient_clipping"] == 0.5
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
 

@@ -58,7 +58,8 @@ def test_capability_is_read_for_the_ranks_own_gpu_after_set_device():
 def test_force_cpu_hides_gpus_from_the_trainer_process(tmp_path):
     env = {"LLMLAUNCH_FORCE_CPU": "1", "CUDA_VISIBLE_DEVICES": "0,1"}
     assert hide_gpus_when_forced(env) and env["CUDA_VISIBLE_DEVICES"] == "" and env["DS_ACCELERATOR"] == "cpu"
-    assert not hide_gpus_when_forced(untouched := {"CUDA_VISIBLE_DEVICES": "0"}) and untouched == {"CUDA_VISIBLE_DEVICES": "0"}
+    untouched = {"CUDA_VISIBLE_DEVICES": "0"}
+    assert not hide_gpus_when_forced(untouched) and untouched == {"CUDA_VISIBLE_DEVICES": "0"}
     # The trainer's entrypoint applies it before anything imports torch (a config error stops it early).
     snippet = ("import json, os, sys; from trainer.__main__ import main; code = main(['--config', sys.argv[1]]); "
                "print(json.dumps([code, os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ.get('DS_ACCELERATOR')]))")

@@ -64,7 +64,8 @@ def test_packing_places_whole_documents_and_cuts_only_longer_ones_as_the_docs_sa
         cut = sum(n > seq_len for n in lengths)
         figures = {64: ("99.5%", 950), 128: ("99.6%", 0)}[seq_len]
         assert f"{real:.1%}" == figures[0] and cut == figures[1], (seq_len, real, cut)
-    assert re.search(r"rows hold 99\.6% real tokens at `seq_len` 128 and 99\.5% at 64, where the 950 documents", data_md)
+    assert re.search(r"rows hold 99\.6% real tokens at `seq_len` 128 and 99\.5% at 64, "
+                     r"where the 950 documents", data_md)
 
 
 def test_docs_say_what_helm_upgrade_does_to_running_pods():

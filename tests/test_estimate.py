@@ -167,7 +167,8 @@ def test_estimate_imports_no_tensor_library(tmp_path):
     job = tiny_job(tmp_path)
     code = ("import sys, json; from launcher.cli import cli\n"
             f"cli.main(['estimate', {str(job)!r}], standalone_mode=False)\n"
-            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'deepspeed'})))")
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'torch', 'transformers', 'deepspeed'})))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "total" in result.stdout and json.loads(result.stdout.strip().splitlines()[-1]) == []

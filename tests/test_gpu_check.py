@@ -55,7 +55,8 @@ def test_gpu_check_runs_end_to_end_in_cpu_smoke_mode(tmp_path):
     assert result.returncode == 0 and report["ok"], json.dumps(report, indent=1)[-6000:]
     assert report["cpu_smoke"] and report["versions"]["deepspeed"][0].isdigit()
     mfu = report["mfu"]
-    assert mfu["cpu_smoke"] and mfu["llmlaunch"]["useful_tokens_per_s"] > 0 and mfu["hf_trainer"]["useful_tokens_per_s"] > 0
+    assert mfu["cpu_smoke"]
+    assert mfu["llmlaunch"]["useful_tokens_per_s"] > 0 and mfu["hf_trainer"]["useful_tokens_per_s"] > 0
     assert mfu["lora"]["useful_tokens_per_s"] > 0
     assert 0 < mfu["model"]["attention_length"] < mfu["model"]["seq_len"]  # packed documents, not seq_len
     assert report["fp16"]["steps"] >= 2 and report["fp16"]["loss_last"] < report["fp16"]["loss_first"]

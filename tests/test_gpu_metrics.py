@@ -43,7 +43,8 @@ def test_fake_nvml_only_uses_names_the_real_pynvml_has():
     assert len(names) >= 12
     for name in names:
         assert hasattr(pynvml, name), f"fake NVML defines {name}, which pynvml does not have"
-    assert (pynvml.NVML_TEMPERATURE_GPU, pynvml.NVML_CLOCK_SM) == (FakeNvml.NVML_TEMPERATURE_GPU, FakeNvml.NVML_CLOCK_SM)
+    assert pynvml.NVML_TEMPERATURE_GPU == FakeNvml.NVML_TEMPERATURE_GPU
+    assert pynvml.NVML_CLOCK_SM == FakeNvml.NVML_CLOCK_SM
 
 
 def test_the_ranks_gpus_in_base_units_labelled_by_uuid():
@@ -123,8 +124,9 @@ machine = FakeNvml([FakeGpu(uuid=f"GPU-{node}{c}") for c in "abcd"])
 # What torch would report for cuda:0 of this rank: the one device CUDA_VISIBLE_DEVICES leaves it.
 mine = machine.gpus[int(os.environ["CUDA_VISIBLE_DEVICES"])].uuid
 gpus = gather_node_gpus(mine, node)
-metrics = TrainMetrics(MetricsConfig(), job="j", namespace=None, node_rank=node, local_rank=int(os.environ["LOCAL_RANK"]),
-                       rank=rank, world_size=3, flops_per_token=1.0, peak_flops=None, device="gpu", nvml=machine)
+metrics = TrainMetrics(MetricsConfig(), job="j", namespace=None, node_rank=node,
+                       local_rank=int(os.environ["LOCAL_RANK"]), rank=rank, world_size=3, flops_per_token=1.0,
+                       peak_flops=None, device="gpu", nvml=machine)
 metrics.start(addr="127.0.0.1", port=0)
 metrics.set_node_gpus(gpus)
 if metrics.serving:

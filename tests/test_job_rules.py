@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -39,7 +40,8 @@ RENDER_ONLY_RULES = [
     (["--set", "name=1abc"], "name: must be lowercase letters, digits and '-', starting with a letter"),
     (["--set", "train.metrics.port=23456"], "train.metrics.port: 23456 is the PyTorchJob rendezvous port"),
     (["--set", "cluster.api=trainjob", "--set", "train.metrics.port=29400"], "29400 is the TrainJob rendezvous port"),
-    (["--set", "train.run.global_batch_size=12"], "train.run.global_batch_size: run.global_batch_size 12 does not divide"),
+    (["--set", "train.run.global_batch_size=12"],
+     "train.run.global_batch_size: run.global_batch_size 12 does not divide"),
     (["--set", "cluster.elastic={min_nodes: 1, max_nodes: 2}", "--set", "train.run.global_batch_size=8"],
      "cannot be fixed with cluster.elastic"),
     (["--set", "train.precision=fp16"], "train.precision: fp16 needs GPU pods"),
@@ -82,7 +84,8 @@ CONTROL_CHARACTERS = [
     ({"cluster__network__nccl": {"NCCL_DEBUG\n": "WARN"}}, "cluster.network.nccl: 'NCCL_DEBUG\\n' is not an NCCL_*"),
     ({"cluster__resources__memory": "16Gi\n"}, "cluster.resources.memory: not a Kubernetes quantity"),
     ({"cluster__resources__gpu_resource": "nvidia.com/gpu\n"}, "cluster.resources.gpu_resource: key"),
-    ({"cluster__security__add_capabilities": ["IPC_LOCK\n"]}, "cluster.security.add_capabilities.0: not a Linux capability"),
+    ({"cluster__security__add_capabilities": ["IPC_LOCK\n"]},
+     "cluster.security.add_capabilities.0: not a Linux capability"),
     ({"cluster__monitoring__interval": "15s\n"}, "cluster.monitoring.interval: not a Prometheus duration"),
     ({"cluster__image_pull_secrets": ["regcred\n"]}, "cluster.image_pull_secrets.0: must be a DNS-1123 name"),
     ({"cluster__image": "trainer:1\n"}, "cluster.image: an image reference has no whitespace"),
@@ -110,7 +113,7 @@ def test_integers_beyond_the_api_fields_are_refused(key, limit):
 def test_integers_of_any_length_are_one_line(tmp_path):
     digits = "9" * 5000
     job = tmp_path / "job.yaml"
-    job.write_text(open(TINY).read().replace("nodes: 1", f"nodes: {digits}"))
+    job.write_text(Path(TINY).read_text().replace("nodes: 1", f"nodes: {digits}"))
     assert_refused(run("validate", str(job)), "job.yaml: a value is out of range")
     assert_refused(run("validate", TINY, "--set", f"cluster.nodes={digits}"), "--set cluster.nodes: value out of range")
 
@@ -140,7 +143,7 @@ def test_a_self_referencing_alias_is_refused(tmp_path):
 ])
 def test_non_json_yaml_values_are_one_line_anywhere(tmp_path, yaml_value, message):
     job = tmp_path / "job.yaml"
-    job.write_text(open(TINY).read().replace(
+    job.write_text(Path(TINY).read_text().replace(
         "cluster:\n", f"cluster:\n  scheduling:\n    affinity:\n      nodeAffinity:\n        since: {yaml_value}\n"))
     for command in ("validate", "render"):
         assert_refused(run(command, str(job)), message)
@@ -197,7 +200,8 @@ def test_other_kueue_labels_stay_allowed():
 @pytest.mark.helm
 def test_the_chart_refuses_the_same_labels(values):
     result = helm("template", "demo", str(CHART), *values, check=False)
-    assert result.returncode != 0 and "values don't meet the specifications of the schema" in result.stderr, result.stderr
+    assert result.returncode != 0, result.stderr
+    assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
 
 
 def test_set_is_on_exactly_the_commands_the_readme_names():

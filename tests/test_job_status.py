@@ -12,14 +12,17 @@ def test_pytorchjob_states():
     assert job_state({"kind": "PyTorchJob", "status": {"conditions": [cond("Created"), cond("Running", "False"),
                                                                       cond("Restarting")]}})[0] == "Restarting"
     # A terminal condition wins even when written before another True one.
-    assert job_state({"kind": "PyTorchJob", "status": {"conditions": [cond("Failed", message="OOM"), cond("Created")]}}) == ("Failed", "OOM")
-    assert job_state({"kind": "PyTorchJob", "status": {"conditions": [cond("Created"), cond("Suspended")]}})[0] == "Suspended"
+    assert job_state({"kind": "PyTorchJob",
+                      "status": {"conditions": [cond("Failed", message="OOM"), cond("Created")]}}) == ("Failed", "OOM")
+    assert job_state({"kind": "PyTorchJob",
+                      "status": {"conditions": [cond("Created"), cond("Suspended")]}})[0] == "Suspended"
 
 
 def test_trainjob_states_from_conditions_and_jobset_counts():
     tj = {"kind": "TrainJob", "spec": {"trainer": {"numNodes": 4}}}
     assert job_state(tj)[0] == "Pending"
-    running = {**tj, "status": {"jobsStatus": [{"name": "node", "active": 4, "ready": 4, "succeeded": 0, "failed": 0, "suspended": 0}]}}
+    running = {**tj, "status": {"jobsStatus": [{"name": "node", "active": 4, "ready": 4, "succeeded": 0, "failed": 0,
+                                                "suspended": 0}]}}
     assert job_state(running)[0] == "Running"
     assert job_state({**tj, "status": {"conditions": [cond("Complete")]}})[0] == "Succeeded"
     s = summary(running | {"metadata": {"name": "t", "namespace": "ns"}})

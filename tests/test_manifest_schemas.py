@@ -21,7 +21,8 @@ def test_every_object_validates(name):
 def test_the_checker_rejects_what_a_server_would_prune_or_refuse():
     job = render(load_case("single-node"))[-1]
     job["spec"]["runPolicy"]["cleanupPolicy"] = "All"  # misspelt field: a server would drop it silently
-    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "lots"
+    master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    master["containers"][0]["resources"]["limits"]["cpu"] = "lots"
     job["metadata"]["label"] = {"team": "a"}  # metadata is checked as ObjectMeta
     job["spec"]["pytorchReplicaSpecs"]["Worker"] = job["spec"]["pytorchReplicaSpecs"]["Master"]
     job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["volumes"][0]["configMap"]["nme"] = "x"

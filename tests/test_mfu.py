@@ -43,7 +43,8 @@ def test_moe_counts_only_the_routed_experts():
     assert not cfg.tie_word_embeddings  # so lm_head is its own 2-D parameter below
     params = dict(model.named_parameters())
     experts = sum(p.numel() for n, p in params.items() if ".experts." in n)
-    dense = sum(p.numel() for n, p in params.items() if p.dim() == 2 and ".experts." not in n and "embed_tokens" not in n)
+    dense = sum(p.numel() for n, p in params.items()
+                if p.dim() == 2 and ".experts." not in n and "embed_tokens" not in n)
     assert matmul_params(cfg) == dense + experts * 2 // 4  # 2 of 4 experts per token
 
 

@@ -64,7 +64,8 @@ def test_prometheus_scrapes_a_real_training_run(tmp_path, prometheus_server):
     prom = prometheus_server([f"127.0.0.1:{port}"])
     start = time.time()
     trainer = subprocess.Popen([sys.executable, "-m", "launcher.cli", "train", str(job), "--nproc-per-node", "2"],
-                               cwd=REPO, env=llmlaunch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               cwd=REPO, env=llmlaunch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
     try:
         # past the evals and checkpoints of steps 20 and 40, while the run still serves metrics
         prom.wait_for('llmlaunch_train_step{job="promrun"} >= 45', timeout=300)
@@ -83,7 +84,8 @@ def test_prometheus_scrapes_a_real_training_run(tmp_path, prometheus_server):
     trained = [r for r in log if "loss" in r]
     assert [r["step"] for r in trained] == list(range(1, 61))
     # metrics.jsonl rounds losses to 6 decimals; lr and the token count are written as they are.
-    for name, key, tolerance in [("llmlaunch_train_loss", "loss", {"abs": 5e-7}), ("llmlaunch_learning_rate", "lr", {"rel": 1e-12}),
+    for name, key, tolerance in [("llmlaunch_train_loss", "loss", {"abs": 5e-7}),
+                                 ("llmlaunch_learning_rate", "lr", {"rel": 1e-12}),
                                  ("llmlaunch_tokens_total", "tokens", {"abs": 0})]:
         assert_scrapes_match_log(by_step(prom, name, end), {r["step"]: r[key] for r in trained}, tolerance)
     evals = {r["step"]: r["eval_loss"] for r in log if "eval_loss" in r}

@@ -19,7 +19,8 @@ from netpol import Pod, egress_allowed, ingress_allowed, selects
 from test_render import TINY, spec_of
 from trainer.config import ConfigError
 
-JOB = {"app.kubernetes.io/name": "llmlaunch", "app.kubernetes.io/instance": "tiny", "app.kubernetes.io/component": "trainer"}
+JOB = {"app.kubernetes.io/name": "llmlaunch", "app.kubernetes.io/instance": "tiny",
+       "app.kubernetes.io/component": "trainer"}
 PROMETHEUS = {"app.kubernetes.io/name": "prometheus", "prometheus": "kube-prometheus-stack-prometheus"}
 METRICS, RENDEZVOUS = 9400, (23456, 29400, 29500)  # operators' master port, c10d, torchrun's default
 
@@ -80,8 +81,9 @@ def test_the_charts_own_defaults_admit_kube_prometheus_stack_and_a_set_selector_
     check_ingress(default)
     mine = next(o for o in chart_helm.template("tiny", *args, "--set", "network.metricsFrom.namespaceSelector.team=sre")
                 if o["kind"] == "NetworkPolicy")
-    assert mine["spec"]["ingress"][1]["from"] == [{"namespaceSelector": {"matchLabels": {"team": "sre"}},
-                                                   "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    assert mine["spec"]["ingress"][1]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"team": "sre"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
 
 
 def test_metrics_from_selects_the_scraper():
@@ -128,7 +130,8 @@ def test_the_api_server_accepts_the_locked_down_policy_and_stores_what_it_admits
                     resolve_paths=False)
     policy = next(o for o in render.render(spec) if o["kind"] == "NetworkPolicy")
     created = subprocess.run(
-        [kubectl(), "--kubeconfig", str(control_plane.kubeconfig), "create", "--dry-run=server", "-o", "json", "-f", "-"],
+        [kubectl(), "--kubeconfig", str(control_plane.kubeconfig), "create", "--dry-run=server",
+         "-o", "json", "-f", "-"],
         input=render.to_yaml_stream([policy]), capture_output=True, text=True, timeout=120)
     assert created.returncode == 0, created.stderr
     stored = json.loads(created.stdout)

@@ -63,7 +63,8 @@ def test_kubectl_delete_of_the_job_takes_its_objects_with_it(control_plane, cont
     job = control_plane.api("GET", f"/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs/tiny")
     for kind in PATHS:
         assert get(control_plane, kind, ns, "tiny")["metadata"]["ownerReferences"] == [
-            {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "tiny", "uid": job["metadata"]["uid"]}], kind
+            {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "tiny",
+             "uid": job["metadata"]["uid"]}], kind
 
     deleted = kubectl(control_plane, "delete", "pytorchjob", "tiny", "-n", ns)
     assert deleted.returncode == 0, deleted.stderr
@@ -84,7 +85,8 @@ def test_a_kept_claim_and_an_existing_claim_outlive_their_jobs(control_plane, co
     control_plane.api("POST", f"/api/v1/namespaces/{ns}/persistentvolumeclaims", {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared"},
         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
-    other = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "name=other", "--set", "cluster.storage.claim=shared")
+    other = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "name=other",
+                      "--set", "cluster.storage.claim=shared")
     assert other.exit_code == 0, other.output
 
     assert kubectl(control_plane, "delete", "trainjob", "tiny", "-n", ns).returncode == 0
@@ -97,8 +99,8 @@ def test_a_kept_claim_and_an_existing_claim_outlive_their_jobs(control_plane, co
                   if not i["metadata"].get("deletionTimestamp")) == ["shared", "tiny-data"]
 
     # llmlaunch delete honours the keep policy as helm uninstall does.
-    again = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "name=third", "--set", "cluster.storage.size=1Gi",
-                      "--set", "cluster.storage.keep=true")
+    again = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "name=third",
+                      "--set", "cluster.storage.size=1Gi", "--set", "cluster.storage.keep=true")
     assert again.exit_code == 0, again.output
     removed = llmlaunch(control_plane, "delete", "third", "-n", ns)
     assert "persistentvolumeclaim/third-data kept (cluster.storage.keep)" in removed.stdout
@@ -121,7 +123,8 @@ def test_a_submit_that_cannot_set_the_owner_is_undone(control_plane):
     result = llmlaunch(control_plane, "submit", TINY, "-n", ns, kubeconfig=control_plane.nobody_kubeconfig)
     assert result.exit_code == 1
     line = result.stderr.strip()
-    assert "\n" not in line and line.startswith(f"error: cannot make pytorchjob/tiny the owner of configmap {ns}/tiny-config: ")
+    assert "\n" not in line
+    assert line.startswith(f"error: cannot make pytorchjob/tiny the owner of configmap {ns}/tiny-config: ")
     assert 'cannot patch resource "configmaps"' in line
     assert line.endswith("(removed what this submit created: pytorchjob/tiny, podmonitor/tiny, networkpolicy/tiny, "
                          "configmap/tiny-config)")

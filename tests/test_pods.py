@@ -121,7 +121,8 @@ def test_a_rendered_job_trains_to_the_end_in_real_pods(cluster):
     # Followed from now until the worker's container ends.
     follow = subprocess.Popen([*LLMLAUNCH, "logs", "pods-a", "-n", ns, "--node", "1", "-f"], cwd=REPO,
                               env=llmlaunch_env(KUBECONFIG=str(plane.kubeconfig)), stdout=subprocess.PIPE, text=True)
-    scrape = podmonitor_scrape_config(plane.api("GET", f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/podmonitors/pods-a"),
+    scrape = podmonitor_scrape_config(plane.api("GET",
+                                                f"/apis/monitoring.coreos.com/v1/namespaces/{ns}/podmonitors/pods-a"),
                                       plane)
     prom, proc = start_prometheus(tmp / "prometheus", [], scrape_interval="2s", scrape_configs=scrape)
     try:
@@ -134,7 +135,8 @@ def test_a_rendered_job_trains_to_the_end_in_real_pods(cluster):
         explained = cluster.status("pods-a", as_user=True)
         progress = explained["progress"]
         assert explained["unavailable"] == {} and [p["phase"] for p in explained["pods"]] == ["Running"] * 2, explained
-        assert progress["pod"] == "pods-a-master-0" and progress["total"] == STEPS and 0 < progress["step"] <= STEPS, progress
+        assert progress["pod"] == "pods-a-master-0", progress
+        assert progress["total"] == STEPS and 0 < progress["step"] <= STEPS, progress
         assert progress["loss"] > 0 and progress["tokens_per_second"] > 0 and progress["eta_seconds"] >= 0, progress
         text = cli(plane, "status", "pods-a", "-n", ns).stdout
         (tmp / "status-running.txt").write_text(text)
@@ -228,7 +230,8 @@ def test_b_faults_on_the_node_end_where_the_uninterrupted_job_ends(cluster):
     master = job_pods(plane, ns, "pods-b")["pods-b-master-0"]
     plane.api("DELETE", f"/api/v1/namespaces/{ns}/pods/pods-b-master-0")
     recreated = wait_for(lambda: (m := job_pods(plane, ns, "pods-b").get("pods-b-master-0")) and
-                         m["metadata"]["uid"] != master["metadata"]["uid"] and m, "the operator to recreate the master", 120)
+                         m["metadata"]["uid"] != master["metadata"]["uid"] and m,
+                         "the operator to recreate the master", 120)
 
     assert cluster.wait_state("pods-b", "Succeeded")["replicas"]["Master"]["succeeded"] == 1
     out, reference = volume / "runs" / "pods-b", tmp / "volume-a" / "runs" / "pods-a"

@@ -100,7 +100,8 @@ def test_the_chart_installs_the_same_rules():
     from chart_helm import template
 
     objects = template("run", "--set", "rbac.create=true", "--set", "rbac.allNamespaces=true",
-                       "--set", "rbac.subjects[0].kind=User", "--set", f"rbac.subjects[0].name={USER}", namespace="team")
+                       "--set", "rbac.subjects[0].kind=User", "--set", f"rbac.subjects[0].name={USER}",
+                       namespace="team")
     kinds = {o["kind"]: o for o in objects if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")}
     assert kinds["Role"]["rules"] == yaml.safe_load((RBAC / "role.yaml").read_text())["rules"]
     assert kinds["ClusterRole"]["rules"] == yaml.safe_load((RBAC / "clusterrole.yaml").read_text())["rules"]

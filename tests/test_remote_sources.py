@@ -46,7 +46,8 @@ def test_s3_prefix_is_copied_once_and_then_only_what_changed(tmp_path, s3_enviro
     fs.pipe("copy-test/corpus/notes.md", b"not data")
     local = object_store.materialize("s3://copy-test/corpus", "data.train", tmp_path)
     assert local == tmp_path / "s3" / "copy-test" / "corpus"
-    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == ["a.jsonl", "sub/b.jsonl"]
+    copied = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    assert copied == ["a.jsonl", "sub/b.jsonl"]
     inodes = {p.name: p.stat().st_ino for p in local.rglob("*.jsonl")}
 
     again = object_store.materialize("s3://copy-test/corpus", "data.train", tmp_path)  # a restart
@@ -137,7 +138,8 @@ def test_a_hub_model_id_is_read_from_the_cache_for_its_limits(tmp_path, monkeypa
     train = json.loads(json.dumps(yaml_train(tmp_path)))
     train["model"] = {"pretrained": "org/tiny"}
     train["data"]["seq_len"] = 256
-    with pytest.raises(ValueError, match=r"data.seq_len 256 is above the model's limit \(max_position_embeddings 128\)"):
+    with pytest.raises(ValueError,
+                       match=r"data.seq_len 256 is above the model's limit \(max_position_embeddings 128\)"):
         TrainConfig.model_validate(train)
     train["data"]["seq_len"] = 64
     shape = shape_of(TrainConfig.model_validate(train))  # llmlaunch estimate sizes it from the cache too
@@ -173,7 +175,8 @@ def test_bad_remote_inputs_fail_in_one_line_naming_the_key(tmp_path, server):
          "error: train.data.train: hf://datasets/org/not-cached is not in the Hugging Face cache"),
         ({"model": {"pretrained": "org/not-cached-model", "config": None, "tokenizer": None}},
          "error: train.model.pretrained: org/not-cached-model is not in the Hugging Face cache"),
-        ({"data": {"train": "gs://bucket/x.jsonl"}}, "error: train.data.train: gs://bucket/x.jsonl: unsupported URL scheme gs://"),
+        ({"data": {"train": "gs://bucket/x.jsonl"}},
+         "error: train.data.train: gs://bucket/x.jsonl: unsupported URL scheme gs://"),
     ]
     for i, (sections, expected) in enumerate(cases):
         job = tiny_job(tmp_path, name=f"bad{i}", **sections)
@@ -189,7 +192,8 @@ def test_remote_urls_stay_as_written_and_the_cli_stays_light(tmp_path):
     # preflight's remote checks, as the CLI runs them, import neither torch nor any HF library
     code = ("import sys; from trainer.remote_sources import check_remote; "
             "print(check_remote('hf://datasets/org/none', 'k')); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'datasets', 'huggingface_hub', 's3fs'}))")
+            "print(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'torch', 'transformers', 'datasets', 'huggingface_hub', 's3fs'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "none")})
     assert out.returncode == 0, out.stderr
@@ -206,7 +210,8 @@ def test_aws_credentials_pass_only_through_cluster_secrets(name):
     spec = load_job(example, [f"cluster.secrets=[{{env: {name}, secret: s3-creds, key: k}}]",
                               "cluster.env.AWS_ENDPOINT_URL=http://minio:9000"], resolve_paths=False)
     objs = render.render(spec)
-    env = {e["name"]: e for e in objs[-1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    master = objs[-1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    env = {e["name"]: e for e in master["containers"][0]["env"]}
     assert env[name]["valueFrom"] == {"secretKeyRef": {"name": "s3-creds", "key": "k", "optional": False}}
     assert "value" not in env[name]
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"

@@ -85,7 +85,8 @@ def test_configmap_carries_exactly_the_resolved_train_yaml_and_ds_config():
 
 @pytest.mark.parametrize(("gpus", "precision", "bf16"), [(0, "auto", False), (8, "bf16", True), (0, "fp32", False)])
 def test_precision_is_resolved_at_render_time_unless_auto_on_gpus(gpus, precision, bf16):
-    ds = json.loads(objects(f"cluster.gpus_per_node={gpus}", f"train.precision={precision}")["ConfigMap"]["data"]["ds_config.json"])
+    ds = json.loads(objects(f"cluster.gpus_per_node={gpus}",
+                            f"train.precision={precision}")["ConfigMap"]["data"]["ds_config.json"])
     assert ds["bf16"]["enabled"] is bf16 and ds["fp16"]["enabled"] is False
 
 
@@ -148,7 +149,8 @@ def test_scheduling_fields_reach_the_pods_and_the_job():
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     assert job["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 3}
     spec = pod_spec(job)
-    assert (spec["schedulerName"], spec["priorityClassName"], spec["serviceAccountName"]) == ("volcano", "high", "trainer")
+    assert (spec["schedulerName"], spec["priorityClassName"],
+            spec["serviceAccountName"]) == ("volcano", "high", "trainer")
     assert spec["nodeSelector"] == {"pool": "a100"}
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
@@ -189,7 +191,8 @@ def test_metrics_port_podmonitor_and_scrape_annotations():
     assert all(template["metadata"]["labels"][k] == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
     assert template["metadata"]["annotations"]["prometheus.io/port"] == "9400"
     container = template["spec"]["containers"][0]
-    assert {"name": "LLMLAUNCH_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]
+    assert {"name": "LLMLAUNCH_NAMESPACE",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]
 
     objs = objects("train.metrics.enabled=false")
     assert "PodMonitor" not in objs
@@ -212,7 +215,8 @@ def test_trainjob_uses_the_torch_distributed_runtime_and_the_same_configmap():
     assert trainer["command"][:3] == ["env", "--chdir=/workspace", "torchrun"]  # no workingDir in a TrainJob
     assert "--rdzv-endpoint=$(PET_MASTER_ADDR):$(PET_MASTER_PORT)" in trainer["command"]
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 4
-    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token", "optional": False}}} in trainer["env"]
+    assert {"name": "HF_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token", "optional": False}}} in trainer["env"]
     assert "podSpecOverrides" not in tj["spec"]  # Trainer v2.0's field; v2.2+ prune it
     [patch] = tj["spec"]["runtimePatches"]
     assert patch["manager"] == "llmlaunch.dev/launcher"
@@ -263,7 +267,8 @@ def test_network_policy_admits_only_the_jobs_pods_and_metrics_scrapers():
                 "app.kubernetes.io/component": "trainer"}
     assert policy == {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
                       "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}]},
-                                  {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                                  {"from": [{"namespaceSelector":
+                                             {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
                                              "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
                                    "ports": [{"port": 9400, "protocol": "TCP"}]}]}
     assert objects("train.metrics.enabled=false")["NetworkPolicy"]["spec"]["ingress"] == policy["ingress"][:1]

@@ -15,8 +15,8 @@ from launcher.k8s_types import has_control_character
 from launcher.spec import JobSpec
 
 TINY = yaml.safe_load((Path(__file__).resolve().parent.parent / "examples" / "tiny.yaml").read_text())
-NASTY = st.sampled_from(['"', "'", "\\", "\n", "\r\n", ": ", "- ", "#", "{", "}", "[", "]", "---", "...", "&a",
-                         "*a", "!!python/object", "\x85", "\u2028", "\t", "%", "@", "`", "|", ">", "\x00", "\U0001f600"])
+NASTY = st.sampled_from(['"', "'", "\\", "\n", "\r\n", ": ", "- ", "#", "{", "}", "[", "]", "---", "...", "&a", "*a",
+                         "!!python/object", "\x85", "\u2028", "\t", "%", "@", "`", "|", ">", "\x00", "\U0001f600"])
 TEXT = st.lists(st.one_of(NASTY, st.text(max_size=5)), max_size=8).map("".join)
 
 

@@ -23,7 +23,8 @@ TRICKY = ["y", "n", "Y", "N", "1e5", "0o17", "0x1F", "0b101", "1_000", "+1", ".5
 
 
 def kubectl() -> str:
-    found = shutil.which("kubectl") or next((str(p) for p in [ROOT / ".tools" / "bin" / "kubectl"] if p.is_file()), None)
+    local = ROOT / ".tools" / "bin" / "kubectl"
+    found = shutil.which("kubectl") or (str(local) if local.is_file() else None)
     if found is None:
         pytest.fail("kubectl not found on PATH or in .tools/bin: run scripts/install-test-deps.sh")
     return found
@@ -64,7 +65,8 @@ def test_kubectl_reads_every_rendered_string_as_a_string(control_plane, tmp_path
     result = CliRunner().invoke(cli, ["render", str(tricky_job(tmp_path, ns))], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     created = subprocess.run(
-        [kubectl(), "--kubeconfig", str(control_plane.kubeconfig), "create", "--dry-run=server", "-o", "json", "-f", "-"],
+        [kubectl(), "--kubeconfig", str(control_plane.kubeconfig), "create", "--dry-run=server",
+         "-o", "json", "-f", "-"],
         input=result.stdout, capture_output=True, text=True, timeout=120)
     assert created.returncode == 0, created.stderr
     objects = {o["kind"]: o for o in json_stream(created.stdout)}

@@ -81,7 +81,8 @@ def test_a_diverged_run_still_reports(tmp_path):
     "content,message",
     [
         (None, "error: RUN_DIR: no metrics.jsonl in"),
-        ('{"step": 1, "loss": 2.0, "lr": 0.1}\n{oops\n{"step": 2, "loss": 2.0, "lr": 0.1}\n', "metrics.jsonl:2: not JSON"),
+        ('{"step": 1, "loss": 2.0, "lr": 0.1}\n{oops\n{"step": 2, "loss": 2.0, "lr": 0.1}\n',
+         "metrics.jsonl:2: not JSON"),
         ('{"step": "one", "loss": 2.0}\n', "metrics.jsonl:1: a record needs an integer step"),
         ('{"step": 1, "loss": 2.0}\n', "metrics.jsonl:1: a train record needs lr"),
         ('{"step": 50, "eval_loss": 2.0}\n', "no training steps logged yet"),

@@ -73,11 +73,12 @@ def test_killing_nodes_loses_at_most_one_checkpoint_interval(tmp_path, reference
     assert resumed == [0, 0, 4, 8], resumed
     # Steps done when each fault struck, against the step the next start resumed from.
     done_at_fault = [f["step"] - 1 if f["point"] == "step" else f["step"] for f in result.faults]
-    recomputed = [done - start for done, start in zip(done_at_fault, resumed[1:])]
+    recomputed = [done - start for done, start in zip(done_at_fault, resumed[1:], strict=True)]
     assert recomputed == [1, 4, 1] and max(recomputed) <= SAVE_EVERY
 
     ckpts = tmp_path / "out" / "checkpoints"
-    assert sorted(p.name for p in ckpts.glob("step-*") if (p / "COMPLETE").is_file()) == [f"step-{s:06d}" for s in (4, 8, 12)]
+    complete = sorted(p.name for p in ckpts.glob("step-*") if (p / "COMPLETE").is_file())
+    assert complete == [f"step-{s:06d}" for s in (4, 8, 12)]
     assert_same_training(tmp_path / "out", reference, range(1, 13))
 
 

@@ -127,7 +127,8 @@ def test_watchdog_ends_a_process_whose_loop_stopped():
 
 
 def test_failpoint_specs_are_checked():
-    assert [p.marker for p in parse("step@2:rank=1:stop, checkpoint@8:pod=0:hang")] == ["step-2-rank1", "checkpoint-8-pod0"]
+    markers = [p.marker for p in parse("step@2:rank=1:stop, checkpoint@8:pod=0:hang")]
+    assert markers == ["step-2-rank1", "checkpoint-8-pod0"]
     for bad in ("step@2:node=1:stop", "step@2:rank=1:explode", "step:rank=1:stop", "step@2:rank=x:stop"):
         with pytest.raises(ValueError):
             parse(bad)

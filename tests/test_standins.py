@@ -3,7 +3,8 @@ the real kube-apiserver of tests/fixtures/control_plane.py.
 
 That control plane has no scheduler or kubelet, so here the test plays those: it binds pods and writes their
 status through the status subresource as a kubelet would. Endpoints come from the real endpoints controller
-(the `controller_manager` fixture), or, for Services without a selector, from the test as a user writes them. Everything the stand-ins themselves create or write goes through the API.
+(the `controller_manager` fixture), or, for Services without a selector, from the test as a user writes them.
+Everything the stand-ins themselves create or write goes through the API.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def services(plane, ns: str) -> dict[str, dict]:
 
 
 def conditions(job: dict) -> dict[str, tuple[str, str, str]]:
-    return {c["type"]: (c["status"], c["reason"], c["message"]) for c in (job.get("status") or {}).get("conditions", [])}
+    return {c["type"]: (c["status"], c["reason"], c["message"])
+            for c in (job.get("status") or {}).get("conditions", [])}
 
 
 def env_of(pod: dict) -> dict[str, str]:
@@ -67,9 +69,11 @@ def kubelet_reports(plane, ns: str, pod: str, phase: str, exit_code: int | None 
     obj = plane.api("GET", f"/api/v1/namespaces/{ns}/pods/{pod}")
     t = "2025-01-01T00:00:00Z"
     state = {"running": {"startedAt": t}} if exit_code is None else {
-        "terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed", "startedAt": t, "finishedAt": t}}
+        "terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed", "startedAt": t,
+                       "finishedAt": t}}
     obj["status"] = {"phase": phase, "containerStatuses": [
-        {"name": "pytorch", "ready": exit_code is None, "restartCount": restarts, "image": "img", "imageID": "", "state": state}],
+        {"name": "pytorch", "ready": exit_code is None, "restartCount": restarts, "image": "img", "imageID": "",
+         "state": state}],
         "conditions": [{"type": "Ready", "status": "True" if phase == "Running" else "False"}]}
     if ip:
         obj["status"].update(podIP=ip, podIPs=[{"ip": ip}])
@@ -94,7 +98,8 @@ def test_pods_and_services_are_those_of_training_operator_v1_9_4(control_plane):
         assert pod["metadata"]["labels"] == {
             **template["metadata"]["labels"], "training.kubeflow.org/operator-name": "pytorchjob-controller",
             "training.kubeflow.org/job-name": "tiny", "training.kubeflow.org/replica-type": rt,
-            "training.kubeflow.org/replica-index": index, **({"training.kubeflow.org/job-role": "master"} if rt == "master" else {})}
+            "training.kubeflow.org/replica-index": index,
+            **({"training.kubeflow.org/job-role": "master"} if rt == "master" else {})}
         # the template's annotations (kube-apiserver 1.20 adds its seccomp one from the securityContext)
         assert template["metadata"]["annotations"].items() <= pod["metadata"]["annotations"].items()
         assert pod["spec"]["restartPolicy"] == "OnFailure"
@@ -102,7 +107,8 @@ def test_pods_and_services_are_those_of_training_operator_v1_9_4(control_plane):
             "LLMLAUNCH_JOB": "tiny", "HOME": "/tmp", "PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "120", "LLMLAUNCH_NAMESPACE": None, "MASTER_PORT": "23456",
             "PET_MASTER_PORT": "23456", "MASTER_ADDR": "tiny-master-0", "PET_MASTER_ADDR": "tiny-master-0",
-            "WORLD_SIZE": "4", "RANK": str(rank), "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1", "PET_NNODES": "4"}
+            "WORLD_SIZE": "4", "RANK": str(rank), "PET_NODE_RANK": str(rank), "PET_NPROC_PER_NODE": "1",
+            "PET_NNODES": "4"}
         init = pod["spec"].get("initContainers", [])
         if rt == "master":
             assert init == []
@@ -124,19 +130,23 @@ def test_pods_and_services_are_those_of_training_operator_v1_9_4(control_plane):
     status = get_job(control_plane, ns)["status"]
     assert conditions({"status": status}) == {"Created": ("True", "PyTorchJobCreated", "PyTorchJob tiny is created.")}
     assert status["replicaStatuses"] == {
-        "Master": {"selector": "training.kubeflow.org/job-name=tiny,training.kubeflow.org/operator-name=pytorchjob-controller,"
+        "Master": {"selector": "training.kubeflow.org/job-name=tiny,"
+                               "training.kubeflow.org/operator-name=pytorchjob-controller,"
                                "training.kubeflow.org/replica-type=master"},
-        "Worker": {"selector": "training.kubeflow.org/job-name=tiny,training.kubeflow.org/operator-name=pytorchjob-controller,"
+        "Worker": {"selector": "training.kubeflow.org/job-name=tiny,"
+                               "training.kubeflow.org/operator-name=pytorchjob-controller,"
                                "training.kubeflow.org/replica-type=worker"}}
     assert status["startTime"]
 
 
 def test_status_follows_the_pods_and_llmlaunch_reads_it(control_plane):
     ns = control_plane.create_namespace()
-    assert CliRunner().invoke(cli, ["submit", TINY, "--nodes", "2", "-n", ns, "--kubeconfig", str(control_plane.kubeconfig)]).exit_code == 0
+    assert CliRunner().invoke(cli, ["submit", TINY, "--nodes", "2", "-n", ns,
+                                    "--kubeconfig", str(control_plane.kubeconfig)]).exit_code == 0
 
     def state():
-        out = CliRunner().invoke(cli, ["status", "tiny", "-n", ns, "-o", "json", "--kubeconfig", str(control_plane.kubeconfig)])
+        out = CliRunner().invoke(cli, ["status", "tiny", "-n", ns, "-o", "json",
+                                       "--kubeconfig", str(control_plane.kubeconfig)])
         return json.loads(out.stdout)
 
     with PyTorchJobOperator(control_plane, ns, interval=0.2) as op:
@@ -166,7 +176,8 @@ def test_failed_pod_is_replaced_under_on_failure_and_a_deleted_pod_recreated(con
         kubelet_reports(control_plane, ns, "tiny-master-0", "Running")
         kubelet_reports(control_plane, ns, "tiny-worker-0", "Failed", exit_code=1)
         replaced = wait_for(lambda: (p := pods(control_plane, ns).get("tiny-worker-0")) and
-                            p["metadata"]["uid"] != first["tiny-worker-0"]["metadata"]["uid"] and p, what="new worker pod")
+                            p["metadata"]["uid"] != first["tiny-worker-0"]["metadata"]["uid"] and p,
+                            what="new worker pod")
         # the pass that deleted the failed pod wrote Restarting in place of Running (ReconcilePods' message, then,
         # the running master having put Running back, UpdateJobStatus's); the next pass, with the master still
         # running and no failed pod left, writes Running again
@@ -174,7 +185,8 @@ def test_failed_pod_is_replaced_under_on_failure_and_a_deleted_pod_recreated(con
         assert restarting[0]["Restarting"] == (
             "True", "PyTorchJobRestarting", "PyTorchJob tiny is restarting because 1 Worker replica(s) failed.")
         assert "Running" not in restarting[0]
-        wait_for(lambda: conditions(get_job(control_plane, ns)).get("Running", ("",))[0] == "True", what="Running again")
+        wait_for(lambda: conditions(get_job(control_plane, ns)).get("Running", ("",))[0] == "True",
+                 what="Running again")
         assert "delete pod tiny-worker-0" in op.actions and replaced["spec"]["initContainers"]
         control_plane.api("DELETE", f"/api/v1/namespaces/{ns}/pods/tiny-master-0")
         wait_for(lambda: (p := pods(control_plane, ns).get("tiny-master-0")) and
@@ -240,12 +252,14 @@ def test_elastic_job_has_workers_only_with_rendezvous_env(control_plane):
             assert {k: env.get(k) for k in ("PET_RDZV_ENDPOINT", "PET_RDZV_BACKEND", "PET_NNODES", "PET_MAX_RESTARTS",
                                             "PET_NPROC_PER_NODE", "MASTER_ADDR", "WORLD_SIZE", "RANK")} == {
                 "PET_RDZV_ENDPOINT": "tiny-worker-0:23456", "PET_RDZV_BACKEND": "c10d", "PET_NNODES": "1:3",
-                "PET_MAX_RESTARTS": "3", "PET_NPROC_PER_NODE": "1", "MASTER_ADDR": None, "WORLD_SIZE": None, "RANK": None}
+                "PET_MAX_RESTARTS": "3", "PET_NPROC_PER_NODE": "1", "MASTER_ADDR": None, "WORLD_SIZE": None,
+                "RANK": None}
             assert not pod["spec"].get("initContainers")
         kubelet_reports(control_plane, ns, "tiny-worker-0", "Running")
         kubelet_reports(control_plane, ns, "tiny-worker-1", "Succeeded", exit_code=0)
         job = wait_for(lambda: "Succeeded" in conditions(j := get_job(control_plane, ns)) and j, what="Succeeded")
-    assert conditions(job)["Succeeded"] == ("True", "PyTorchJobSucceeded", f"PyTorchJob {ns}/tiny successfully completed.")
+    assert conditions(job)["Succeeded"] == ("True", "PyTorchJobSucceeded",
+                                            f"PyTorchJob {ns}/tiny successfully completed.")
     assert not op.errors
 
 

@@ -43,7 +43,8 @@ JOBS = {
 
 
 def status(kubeconfig, ns: str, name: str) -> dict:
-    result = CliRunner().invoke(llmlaunch_cli, ["status", name, "-n", ns, "-o", "json", "--kubeconfig", str(kubeconfig)])
+    result = CliRunner().invoke(llmlaunch_cli,
+                                ["status", name, "-n", ns, "-o", "json", "--kubeconfig", str(kubeconfig)])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -88,7 +89,8 @@ def explained(control_plane, node, tmp_path_factory):
             try:
                 wait_for(all_explained, "status to explain the three jobs", 120, 1)
             except AssertionError as e:
-                raise AssertionError(f"{e}; last seen: {json.dumps({n: last[n] for n in set(JOBS) - set(seen)})}")
+                unexplained = {n: last[n] for n in set(JOBS) - set(seen)}
+                raise AssertionError(f"{e}; last seen: {json.dumps(unexplained)}") from e
             yield plane, ns, seen, tmp
         finally:
             for name in JOBS:

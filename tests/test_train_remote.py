@@ -87,11 +87,13 @@ def test_s3_data_and_a_mirror_resume_after_the_output_directory_is_lost(tmp_path
 
         killed = run_cli(tmp_path, str(job), *PROCS, failpoints="step@7:rank=0:stop", env=env)
         assert killed.returncode != 0 and killed.attempts() == [0]
-        assert "data.train: s3://llmlaunch-data/tiny/train ->" in killed.log and "(2 of 2 objects downloaded" in killed.log
+        assert "data.train: s3://llmlaunch-data/tiny/train ->" in killed.log
+        assert "(2 of 2 objects downloaded" in killed.log
         assert "checkpoint step-000004 mirrored to s3://llmlaunch-ckpt/runs/t" in killed.log
         assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls("llmlaunch-ckpt/runs/t")) == ["step-000004"]
         marker = json.loads(fs.cat("llmlaunch-ckpt/runs/t/step-000004/COMPLETE"))
-        mirrored = {p.removeprefix("llmlaunch-ckpt/runs/t/step-000004/") for p in fs.find("llmlaunch-ckpt/runs/t/step-000004")}
+        step_dir = "llmlaunch-ckpt/runs/t/step-000004"
+        mirrored = {p.removeprefix(f"{step_dir}/") for p in fs.find(step_dir)}
         assert mirrored == set(marker["files"]) | {"COMPLETE"}
 
         shutil.rmtree(tmp_path / "out")

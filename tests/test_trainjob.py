@@ -96,7 +96,8 @@ def test_no_container_of_the_trainer_pod_gets_the_service_account_token():
     pod = trainer_pod(_objects(FULL)["TrainJob"])
     containers = pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
     assert containers and all(any(m["mountPath"] == SA_TOKEN_DIR for m in c["volumeMounts"]) for c in containers)
-    assert next(v for v in pod["spec"]["volumes"] if v["name"] == "no-sa-token") == {"name": "no-sa-token", "emptyDir": {}}
+    no_token = next(v for v in pod["spec"]["volumes"] if v["name"] == "no-sa-token")
+    assert no_token == {"name": "no-sa-token", "emptyDir": {}}
 
 
 @pytest.mark.tools

@@ -33,7 +33,8 @@ def test_wheel_contains_the_data_files(wheel):
     assert any(n.startswith("llmlaunch_data/k8s/") and n.endswith(".j2") for n in names)
     # The chart, with the files its links into monitoring/ point to (not the links).
     chart = "llmlaunch_data/helm/llmlaunch/"
-    for required in ("Chart.yaml", ".helmignore", "values.schema.json", "templates/_helpers.tpl", "templates/NOTES.txt"):
+    for required in ("Chart.yaml", ".helmignore", "values.schema.json", "templates/_helpers.tpl",
+                     "templates/NOTES.txt"):
         assert chart + required in names, required
     dashboard = zipfile.ZipFile(wheel).read(chart + "dashboards/llmlaunch.json")
     assert dashboard == (REPO / "monitoring" / "dashboards" / "llmlaunch.json").read_bytes()
@@ -49,7 +50,8 @@ def test_installed_wheel_validates_the_example(wheel, tmp_path):
     py = env_dir / "bin" / "python"
     subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=600,
                    env=clean)
-    site = subprocess.run([str(py), "-c", "import llmlaunch_data, os; print(os.path.dirname(llmlaunch_data.__spec__.submodule_search_locations[0]))"],
+    where = "import llmlaunch_data, os; print(os.path.dirname(llmlaunch_data.__spec__.submodule_search_locations[0]))"
+    site = subprocess.run([str(py), "-c", where],
                           check=True, capture_output=True, text=True, env=clean, cwd=tmp_path).stdout.strip()
     example = f"{site}/llmlaunch_data/examples/tiny.yaml"
     llmlaunch = str(env_dir / "bin" / "llmlaunch")

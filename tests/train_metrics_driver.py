@@ -41,8 +41,8 @@ def main() -> int:
     world = args.nodes * NPROC
     rank = args.node_rank * NPROC
     metrics = TrainMetrics(
-        MetricsConfig(), job=args.job, namespace=args.namespace or None, node_rank=args.node_rank, local_rank=0, rank=rank,
-        world_size=world, local_world_size=NPROC, flops_per_token=flops_per_token(TINY, SEQ_LEN),
+        MetricsConfig(), job=args.job, namespace=args.namespace or None, node_rank=args.node_rank, local_rank=0,
+        rank=rank, world_size=world, local_world_size=NPROC, flops_per_token=flops_per_token(TINY, SEQ_LEN),
         peak_flops=peak_flops("NVIDIA H100 80GB HBM3", "bf16"), device="NVIDIA H100 80GB HBM3", nvml=two_gpus(),
     )
     metrics.start(addr="127.0.0.1", port=args.port)
@@ -62,8 +62,8 @@ def main() -> int:
         seconds = time.perf_counter() - t0
         metrics.observe_step_duration(seconds)
         metrics.on_step(
-            step=step, loss=2.0 + 4.0 * math.exp(-step / 60), lr=3e-3 * min(1.0, step / 20), grad_norm=1.0 / math.sqrt(step),
-            tokens=tokens_per_step, samples=MICRO_BATCH * world, step_seconds=seconds,
+            step=step, loss=2.0 + 4.0 * math.exp(-step / 60), lr=3e-3 * min(1.0, step / 20),
+            grad_norm=1.0 / math.sqrt(step), tokens=tokens_per_step, samples=MICRO_BATCH * world, step_seconds=seconds,
             data_wait_seconds=data_wait, loss_scale=loss_scale, skipped_steps=int(overflow),
         )
         if step % 10 == 0:

@@ -31,7 +31,8 @@ RUNTIME = ROOT / "tests" / "data" / "trainer-v2.3.0" / "runtime-torch_distribute
 
 @functools.cache
 def kubectl_binary() -> str:
-    found = shutil.which("kubectl") or next((str(p) for p in [ROOT / ".tools" / "bin" / "kubectl"] if p.is_file()), None)
+    local = ROOT / ".tools" / "bin" / "kubectl"
+    found = shutil.which("kubectl") or (str(local) if local.is_file() else None)
     if found is None:
         pytest.fail("kubectl not found on PATH or in .tools/bin: run scripts/install-test-deps.sh")
     return found

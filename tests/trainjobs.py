@@ -67,7 +67,8 @@ def llmlaunch(*args: str, timeout: float = 600, env: dict | None = None) -> subp
 def train(job: Path, *args: str, nproc: int = 2, **kw) -> subprocess.CompletedProcess:
     result = llmlaunch("train", str(job), "--nproc-per-node", str(nproc), *args, **kw)
     if result.returncode != 0:
-        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(f"training failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result
 
 

@@ -2,8 +2,8 @@
 
 Layout under <output_dir>/checkpoints/step-000050/:
   DeepSpeed's engine state (model, optimizer and ZeRO partitions, LR scheduler; written by every rank),
-  loop-rank{r}.json (each rank's loop position and RNG states: checkpoint_state.py), and COMPLETE, written by rank 0 only after
-  every rank has finished, listing every file with its size and SHA-256 (checkpoint_manifest.py).
+  loop-rank{r}.json (each rank's loop position and RNG states: checkpoint_state.py), and COMPLETE, written by
+  rank 0 only after every rank has finished, listing every file with its size and SHA-256 (checkpoint_manifest.py).
   A directory without COMPLETE (a crash mid-write) is never loaded; resume.py picks the newest one
   that still matches its manifest.
 """

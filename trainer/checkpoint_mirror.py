@@ -55,7 +55,8 @@ class Mirror:
 
     def complete_steps(self) -> list[str]:
         """Names of the mirrored checkpoints that have COMPLETE, oldest first."""
-        return [n for n in self.steps() if self._call("reading the mirror", self.fs.exists, f"{self.base}/{n}/{MARKER}")]
+        return [n for n in self.steps()
+                if self._call("reading the mirror", self.fs.exists, f"{self.base}/{n}/{MARKER}")]
 
     def push(self, root: Path, step_dir: Path) -> float:
         """Upload one complete checkpoint (COMPLETE last), then drop mirrored ones the local root no longer
@@ -64,7 +65,8 @@ class Mirror:
         remote = f"{self.base}/{step_dir.name}"
         for name in checkpoint_files(step_dir):
             self._call(f"uploading {step_dir.name}/{name}", self.fs.put_file, str(step_dir / name), f"{remote}/{name}")
-        self._call(f"uploading {step_dir.name}/{MARKER}", self.fs.put_file, str(step_dir / MARKER), f"{remote}/{MARKER}")
+        self._call(f"uploading {step_dir.name}/{MARKER}", self.fs.put_file,
+                   str(step_dir / MARKER), f"{remote}/{MARKER}")
         local = {p.name for p in root.glob(f"{STEP_PREFIX}*") if (p / MARKER).is_file()}
         for name in self.steps():  # pruned locally, or an upload cut short (no COMPLETE): gone from the mirror too
             if name not in local:

@@ -46,7 +46,8 @@ def parse(spec: str) -> tuple[Failpoint, ...]:
             points.append(Failpoint(name, int(step), selector, int(value), action))
         except ValueError:
             raise ValueError(f"LLMLAUNCH_FAILPOINTS: cannot read {item!r} "
-                             f"(expected name@step:rank=R:ACTION or name@step:pod=P:ACTION, ACTION stop, hang or fail)") from None
+                             "(expected name@step:rank=R:ACTION or name@step:pod=P:ACTION, "
+                             "ACTION stop, hang or fail)") from None
     return tuple(points)
 
 

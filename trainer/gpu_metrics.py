@@ -9,6 +9,7 @@ zero; a reading a GPU does not support is left out the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Iterator
@@ -79,7 +80,8 @@ class GpuCollector(Collector):
         gpu = ("gpu",)
         info = self._family("llmlaunch_gpu_info", "GPU model per rank; gpu is the NVML UUID (value 1).",
                             ("gpu", "name", "rank"))
-        util = self._family("llmlaunch_gpu_utilization_ratio", "Fraction of time a kernel ran (NVML sample period).", gpu)
+        util = self._family("llmlaunch_gpu_utilization_ratio",
+                            "Fraction of time a kernel ran (NVML sample period).", gpu)
         used = self._family("llmlaunch_gpu_memory_used_bytes", "GPU memory in use, all processes.", gpu)
         total = self._family("llmlaunch_gpu_memory_total_bytes", "GPU memory installed.", gpu)
         power = self._family("llmlaunch_gpu_power_watts", "Power draw of the GPU.", gpu)
@@ -93,27 +95,24 @@ class GpuCollector(Collector):
             except nv.NVMLError as e:
                 log.warning("NVML handle of GPU %s (rank %d) failed: %s", uuid, rank, e)
                 continue
-            try:
+            with contextlib.suppress(nv.NVMLError):
                 info.add_metric([*base, uuid, _text(nv.nvmlDeviceGetName(handle)), str(rank)], 1.0)
-            except nv.NVMLError:
-                pass
             if uuid in done:  # two ranks on one GPU: its readings once
                 continue
             done.add(uuid)
             labels = [*base, uuid]
             readings = (
-                (util, lambda: nv.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0),
-                (used, lambda: float(nv.nvmlDeviceGetMemoryInfo(handle).used)),
-                (total, lambda: float(nv.nvmlDeviceGetMemoryInfo(handle).total)),
-                (power, lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0),  # milliwatts
-                (temp, lambda: float(nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU))),
-                (clock, lambda: nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM) * 1e6),  # MHz
+                (util, lambda h: nv.nvmlDeviceGetUtilizationRates(h).gpu / 100.0),
+                (used, lambda h: float(nv.nvmlDeviceGetMemoryInfo(h).used)),
+                (total, lambda h: float(nv.nvmlDeviceGetMemoryInfo(h).total)),
+                (power, lambda h: nv.nvmlDeviceGetPowerUsage(h) / 1000.0),  # milliwatts
+                (temp, lambda h: float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))),
+                (clock, lambda h: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM) * 1e6),  # MHz
             )
             for family, value in readings:
-                try:
-                    family.add_metric(labels, value())
-                except nv.NVMLError:
-                    pass  # not supported on this GPU: leave the series out rather than report 0
+                # not supported on this GPU: leave the series out rather than report 0
+                with contextlib.suppress(nv.NVMLError):
+                    family.add_metric(labels, value(handle))
         yield from (f for f in (info, util, used, total, power, temp, clock) if f.samples)
 
     def _allocator_family(self) -> Iterator[GaugeMetricFamily]:

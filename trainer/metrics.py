@@ -12,6 +12,7 @@ honor_labels: true so these win over the scrape job's own `job` / `namespace` ta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -112,7 +113,8 @@ class TrainMetrics:
         self._heartbeat = gauge("llmlaunch_last_step_timestamp_seconds", "Unix time the last step finished.")
         start = gauge("llmlaunch_trainer_start_timestamp_seconds", "Unix time this trainer process started.")
         start.labels(**self.labels).set(time.time())
-        self._rank_step = gauge("llmlaunch_rank_step_seconds", "Last logged step time of each rank on this node.", ("rank",))
+        self._rank_step = gauge("llmlaunch_rank_step_seconds", "Last logged step time of each rank on this node.",
+                                ("rank",))
         self.gpus = GpuCollector(self.labels, nvml=None, rank=rank)
         r.register(self.gpus)
         if not self.global_values:
@@ -122,19 +124,25 @@ class TrainMetrics:
         self._eval_loss = gauge("llmlaunch_eval_loss", "Loss of the last evaluation.")
         self._lr = gauge("llmlaunch_learning_rate", "Learning rate of the last step.")
         self._grad_norm = gauge("llmlaunch_grad_norm", "Global gradient norm before clipping, last step.")
-        self._tokens_per_s = gauge("llmlaunch_tokens_per_second", f"Tokens/s over the last {THROUGHPUT_WINDOW} steps.")
-        self._mfu = gauge("llmlaunch_mfu_ratio", f"Model FLOPs utilization (0-1) over the last {THROUGHPUT_WINDOW} steps.")
+        self._tokens_per_s = gauge("llmlaunch_tokens_per_second",
+                                   f"Tokens/s over the last {THROUGHPUT_WINDOW} steps.")
+        self._mfu = gauge("llmlaunch_mfu_ratio",
+                          f"Model FLOPs utilization (0-1) over the last {THROUGHPUT_WINDOW} steps.")
         self._loss_scale = gauge("llmlaunch_loss_scale", "fp16 dynamic loss scale (absent in bf16/fp32).")
-        self._last_ckpt = gauge("llmlaunch_last_checkpoint_timestamp_seconds", "Unix time of the last successful checkpoint.")
+        self._last_ckpt = gauge("llmlaunch_last_checkpoint_timestamp_seconds",
+                                "Unix time of the last successful checkpoint.")
         self._tokens = counter("llmlaunch_tokens_total", "Tokens trained on (all ranks).").labels(**self.labels)
         self._samples = counter("llmlaunch_samples_total", "Sequences trained on (all ranks).").labels(**self.labels)
-        self._skipped = counter("llmlaunch_skipped_steps_total", "Steps skipped for fp16 overflow.").labels(**self.labels)
-        self._data_wait = counter("llmlaunch_data_wait_seconds_total", "Time rank 0 waited for batches.").labels(**self.labels)
+        self._skipped = counter("llmlaunch_skipped_steps_total",
+                                "Steps skipped for fp16 overflow.").labels(**self.labels)
+        self._data_wait = counter("llmlaunch_data_wait_seconds_total",
+                                  "Time rank 0 waited for batches.").labels(**self.labels)
         self._checkpoints = counter("llmlaunch_checkpoints_total", "Checkpoint saves by result.", ("result",))
         for result in ("ok", "failed"):
             self._checkpoints.labels(**self.labels, result=result)
         self._step_time = Histogram(
-            "llmlaunch_step_duration_seconds", "Wall time of an optimizer step.", names, registry=r, buckets=STEP_BUCKETS
+            "llmlaunch_step_duration_seconds", "Wall time of an optimizer step.", names, registry=r,
+            buckets=STEP_BUCKETS,
         ).labels(**self.labels)
         self._ckpt_time = Histogram(
             "llmlaunch_checkpoint_duration_seconds", "Wall time of a checkpoint save.", names, registry=r,
@@ -152,7 +160,8 @@ class TrainMetrics:
         try:
             self._server, _ = start_http_server(self._cfg.port if port is None else port, addr, registry=self.registry)
         except OSError as e:
-            log.error("metrics: cannot serve on %s:%s (%s); this node exports no metrics", addr, port or self._cfg.port, e)
+            log.error("metrics: cannot serve on %s:%s (%s); this node exports no metrics",
+                      addr, port or self._cfg.port, e)
             return
         self.port = self._server.server_port
         log.info("metrics: serving http://%s:%d/metrics", addr, self.port)
@@ -251,8 +260,7 @@ class TrainMetrics:
             self._server.server_close()
             self._server = None
         if self._nvml is not None and self._nvml_arg == "auto":
-            try:
+            # already shut down, or the driver went away: nothing to release
+            with contextlib.suppress(Exception):
                 self._nvml.nvmlShutdown()
-            except Exception:  # already shut down, or the driver went away: nothing to release
-                pass
             self._nvml = None

@@ -59,7 +59,8 @@ def check_data(cfg: TrainConfig) -> None:
 
 def check_model(cfg: TrainConfig) -> None:
     for key, name in (("train.model.pretrained", cfg.model.pretrained), ("train.model.tokenizer", cfg.model.tokenizer)):
-        if name and hub_cache.offline() and hub_cache.is_hub_model_id(name) and not hub_cache.cached_snapshot("model", name):
+        if (name and hub_cache.offline() and hub_cache.is_hub_model_id(name)
+                and not hub_cache.cached_snapshot("model", name)):
             raise ConfigError([f"{key}: " + hub_cache.not_cached_message(name, "model", name, None)])
     for key, path in (("train.model.tokenizer", cfg.model.tokenizer),):
         if path and (path.startswith(("/", ".")) or Path(path).exists()) and not Path(path).exists():

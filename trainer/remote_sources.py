@@ -85,15 +85,13 @@ def hub_files(url: str, key: str, root: Path, split: str) -> Path:
 def _snapshot(hub: hub_cache.HubData, key: str) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = None
-    if hub.pattern:
-        patterns = [hub.pattern, f"{hub.pattern}/**"]
-    else:  # every data file (the split is chosen afterwards, from the names) and nothing else
-        patterns = [f"*{suffix}" for suffix in DATA_SUFFIXES]
+    # Without a pattern: every data file (the split is chosen afterwards, from the names) and nothing else.
+    patterns = [hub.pattern, f"{hub.pattern}/**"] if hub.pattern else [f"*{suffix}" for suffix in DATA_SUFFIXES]
     try:
         # The cache and the offline switch as read now (huggingface_hub reads them once, at import).
-        return Path(snapshot_download(hub.repo_id, repo_type="dataset", revision=hub.revision, cache_dir=hub_cache.cache_dir(),
-                                      allow_patterns=patterns, local_files_only=hub_cache.offline()))
+        return Path(snapshot_download(hub.repo_id, repo_type="dataset", revision=hub.revision,
+                                      cache_dir=hub_cache.cache_dir(), allow_patterns=patterns,
+                                      local_files_only=hub_cache.offline()))
     except Exception as e:  # huggingface_hub raises one class per HTTP outcome; its first line says which
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"{key}: cannot fetch {hub.url} ({type(e).__name__}: {text})") from e
@@ -105,7 +103,8 @@ def _select(names: list[str], hub: hub_cache.HubData, key: str, split: str, url:
         chosen = [n for n in names if _glob(n, hub.pattern) or n.startswith(hub.pattern + "/")]
         chosen = [n for n in chosen if n.endswith(DATA_SUFFIXES)]
         if not chosen:
-            raise ValueError(f"{key}: {url}: no {'/'.join(DATA_SUFFIXES)} files match {hub.pattern!r} in the repository")
+            raise ValueError(f"{key}: {url}: no {'/'.join(DATA_SUFFIXES)} files match {hub.pattern!r} "
+                             "in the repository")
         return chosen, "files-" + hashlib.sha256(hub.pattern.encode()).hexdigest()[:12]
     splits = split_files([n for n in names if n.endswith(DATA_SUFFIXES)])
     wanted = [split] if split == "train" else [s for s in EVAL_SPLITS if s in splits][:1]

@@ -10,6 +10,7 @@ torchrun restarts the group (run.max_restarts) or the job fails, instead of wait
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -102,10 +103,9 @@ class Watchdog:
         mine = {"step": step, "idle": idle, "where": where, "waiting": waiting}
         reports, infos = {self.rank: mine}, {self.rank: {"node": self.node, "host": socket.gethostname(),
                                                          "pid": os.getpid()}}
-        try:
+        # peers unreachable (store gone, ranks dead): report what this rank knows
+        with contextlib.suppress(Exception):
             reports, infos = self._exchange(mine, wait_s)
-        except Exception:  # peers unreachable (store gone, ranks dead): report what this rank knows
-            pass
         if self.rank == min(reports):
             print(f"[llmlaunch] {diagnose(reports, infos, self.world, self.timeout)}", file=sys.stderr, flush=True)
         else:
