@@ -31,8 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TOKENIZER = ROOT / "examples" / "data" / "tokenizer"
-WORDS = ("the red ball is in the kitchen and a small cat lived in the hall counting by two from ten green lamp "
-         "once upon a time there was an object whose colour changed every day of the week").split()
+WORDS = [
+    "the", "red", "ball", "is", "in", "the", "kitchen", "and", "a", "small", "cat", "lived", "in", "the", "hall",
+    "counting", "by", "two", "from", "ten", "green", "lamp", "once", "upon", "a", "time", "there", "was", "an",
+    "object", "whose", "colour", "changed", "every", "day", "of", "the", "week"
+]
 
 
 def generate(folder: Path, megabytes: int, seed: int = 0) -> None:

@@ -76,7 +76,8 @@ def main() -> None:
             restore.mkdir(parents=True)
             _, pull = timed(lambda: mirror.pull_newest(restore))
     print(json.dumps({
-        "data_mb": args.mb, "objects": args.objects, "first_copy_s": first, "first_copy_mb_per_s": round(args.mb / first, 1),
+        "data_mb": args.mb, "objects": args.objects, "first_copy_s": first,
+        "first_copy_mb_per_s": round(args.mb / first, 1),
         "restart_unchanged_s": unchanged, "restart_one_changed_s": one_changed,
         "checkpoint_mb": args.checkpoint_mb, "mirror_push_s": round(push, 3), "mirror_pull_s": pull,
     }))

@@ -13,16 +13,16 @@ pytest_plugins = ["tests.fixtures.prometheus", "tests.fixtures.control_plane", "
 
 # A test with none of these markers is a `unit` test (pytest -m unit: the fast tier, no servers, tools
 # or training). The markers themselves are described in pyproject.toml.
-HEAVY = ("distributed", "training", "cluster", "prometheus", "helm", "tools", "pods", "slow")
+HEAVY = ("distributed", "training", "cluster", "prometheus", "helm", "tools", "pods", "slow", "s3", "mlflow")
 # Server fixture -> the markers a test that requests it must carry.
 SERVERS = {"control_plane": ("cluster", "pods"), "controller_manager": ("cluster", "pods"), "node": ("pods",),
-           "prometheus_server": ("prometheus",)}
+           "prometheus_server": ("prometheus",), "s3_server": ("s3",)}
 # Programs a unit test must not start (their marker says why the test is slow or needs an install).
 HEAVY_PROGRAMS = {"helm": "helm", "kubectl": "tools", "kube-apiserver": "cluster", "etcd": "cluster",
                   "kube-controller-manager": "cluster", "kubelet": "pods", "kube-scheduler": "pods",
                   "prometheus": "prometheus", "promtool": "prometheus", "checkov": "tools", "podman": "pods",
-                  "torchrun": "distributed"}
-HEAVY_MODULES = {"torch.distributed.run": "distributed", "trainer": "training"}  # python -m ...
+                  "torchrun": "distributed", "mlflow": "mlflow"}
+HEAVY_MODULES = {"torch.distributed.run": "distributed", "trainer": "training", "moto.server": "s3"}  # python -m ...
 
 
 def pytest_collection_modifyitems(config, items):

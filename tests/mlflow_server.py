@@ -8,6 +8,7 @@ into a local directory (so the client uploads over HTTP, as a pod would), stoppe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -72,7 +73,5 @@ class MlflowServer:
         else:
             os.killpg(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
-        try:  # the uvicorn worker, if it outlived its parent
+        with contextlib.suppress(ProcessLookupError):  # the uvicorn worker, if it outlived its parent
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

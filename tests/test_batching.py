@@ -145,13 +145,14 @@ def test_loader_workers_are_not_forks_of_the_trainer():
                                                                   seed=3)
     first = next(batches)
     worker = batches._workers[0]
-    parent = int(open(f"/proc/{worker.pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    parent = int(Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     assert parent != os.getpid() and first["input_ids"].shape[0] == 4
 
 
 def test_build_data_groups_training_batches_only(tmp_path):
     cfg = TrainConfig.model_validate({
-        "model": {"config": {"model_type": "llama", "vocab_size": 512}, "tokenizer": str(ROOT / "examples/data/tokenizer")},
+        "model": {"config": {"model_type": "llama", "vocab_size": 512},
+                  "tokenizer": str(ROOT / "examples/data/tokenizer")},
         "data": {"train": str(TINY / "train.jsonl"), "eval": str(TINY / "eval.jsonl"), "seq_len": 128, "packing": False,
                  "group_by_length": True},
         "run": {"max_steps": 1},
@@ -177,7 +178,8 @@ def plan_rows(data) -> list[int]:
 def test_packed_chat_is_padding_free_and_learns_only_assistant_turns():
     """Conversations packed into full rows give each conversation's own assistant-only loss."""
     tokenizer = load_tokenizer(TrainConfig.model_validate({
-        "model": {"config": {"model_type": "llama", "vocab_size": 512}, "tokenizer": str(ROOT / "examples/data/tokenizer")},
+        "model": {"config": {"model_type": "llama", "vocab_size": 512},
+                  "tokenizer": str(ROOT / "examples/data/tokenizer")},
         "data": {"train": "x"}, "run": {"max_steps": 1}}).model)
     conversations = [
         [{"role": "user", "content": "Where is the ball?"}, {"role": "assistant", "content": "In the kitchen."}],

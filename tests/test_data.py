@@ -124,7 +124,7 @@ def test_chat_labels_cover_exactly_the_assistant_turns(tmp_path, tokenizer):
         ids, targets = np.asarray(data.tokens[row]), np.asarray(data.targets[row])
         # group consecutive labelled tokens into turns
         turns, current = [], []
-        for token, target in zip(ids.tolist(), targets.tolist()):
+        for token, target in zip(ids.tolist(), targets.tolist(), strict=True):
             if target:
                 current.append(token)
             elif current:

@@ -13,16 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data import make_cfg, write_jsonl
 
 import trainer.data as data_module
+from test_data import make_cfg, write_jsonl
 from trainer.data import build_data, load_tokenizer, tokenize_texts
 from trainer.data_readers import plan_units
 from trainer.data_sources import DataError
 from trainer.packing import pack_documents, pad_documents
 from trainer.prep_progress import PrepMetrics
 
-WORDS = "the red ball is in the kitchen and a small cat lived in the hall counting by two from ten".split()
+WORDS = [
+    "the", "red", "ball", "is", "in", "the", "kitchen", "and", "a", "small", "cat", "lived", "in", "the", "hall",
+    "counting", "by", "two", "from", "ten"
+]
 
 
 def corpus(folder: Path, sizes=(60, 90, 30), start=0) -> Path:
@@ -115,7 +118,7 @@ def test_restart_reads_no_data_byte_and_a_change_is_noticed(tmp_path, tokenizer,
     calls = []
     monkeypatch.setattr(data_module, "tokenize_texts", lambda *a, **k: calls.append(1) or tokenize_texts(*a, **k))
     again = build_data(cfg_of(folder), tokenizer, split="train", packing=True, cache_dir=cache)
-    assert not calls and all(np.array_equal(a, b) for a, b in zip(arrays(first), arrays(again)))
+    assert not calls and all(np.array_equal(a, b) for a, b in zip(arrays(first), arrays(again), strict=True))
 
     corpus(folder, sizes=(50,), start=1)  # part-1 rewritten (incremental: only its units are tokenized)
     corpus(folder, sizes=(20,), start=7)  # part-7 added

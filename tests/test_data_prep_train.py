@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from test_data_prep import corpus
 from trainjobs import losses, tiny_job, train
 

@@ -21,7 +21,8 @@ def read_all(builder: str, path: Path, unit_bytes: int, batch: int = 2) -> list:
 
 def write_txt(path: Path) -> Path:
     # blank runs of several lines, a trailing blank, a paragraph of two lines, a CRLF blank line
-    path.write_bytes(("\n\n\n".join(TEXTS[:3]) + "\n\n" + TEXTS[3] + "\r\n\r\n" + "\n\n".join(TEXTS[4:]) + "\n\n").encode())
+    text = "\n\n\n".join(TEXTS[:3]) + "\n\n" + TEXTS[3] + "\r\n\r\n" + "\n\n".join(TEXTS[4:]) + "\n\n"
+    path.write_bytes(text.encode())
     return path
 
 

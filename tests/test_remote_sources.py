@@ -24,20 +24,21 @@ from trainjobs import REPO, TINY_MODEL, llmlaunch, tiny_job
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def s3_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("s3")
     with moto_server(tmp) as endpoint:
         yield endpoint, tmp
 
 
 @pytest.fixture
-def s3_environment(server, monkeypatch):
-    endpoint, tmp = server
+def s3_environment(s3_server, monkeypatch):
+    endpoint, tmp = s3_server
     for name, value in s3_env(endpoint, tmp).items():
         monkeypatch.setenv(name, value)
     return s3(endpoint, tmp)
 
 
+@pytest.mark.s3
 def test_s3_prefix_is_copied_once_and_then_only_what_changed(tmp_path, s3_environment):
     fs = s3_environment
     fs.mkdir("copy-test")
@@ -66,6 +67,7 @@ def test_s3_prefix_is_copied_once_and_then_only_what_changed(tmp_path, s3_enviro
     assert single == str(tmp_path / "remote" / "s3" / "copy-test" / "one.jsonl")
 
 
+@pytest.mark.s3
 def test_the_mirror_holds_what_the_local_directory_holds_and_pulls_only_complete_checkpoints(tmp_path, s3_environment):
     fs = s3_environment
     fs.mkdir("mirror-test")
@@ -158,8 +160,10 @@ def one_error(result: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-def test_bad_remote_inputs_fail_in_one_line_naming_the_key(tmp_path, server):
-    endpoint, s3_tmp = server
+@pytest.mark.s3
+@pytest.mark.training
+def test_bad_remote_inputs_fail_in_one_line_naming_the_key(tmp_path, s3_server):
+    endpoint, s3_tmp = s3_server
     fs = s3(endpoint, s3_tmp)
     fs.mkdir("errors-test")
     fs.pipe("errors-test/train.jsonl", b'{"text": "a"}\n')

@@ -12,10 +12,10 @@ import sys
 import pytest
 import yaml
 from click.testing import CliRunner
-from trainjobs import REPO, tiny_job
 
 from launcher.cli import cli
 from trainer.tracking import flatten, scalars
+from trainjobs import REPO, tiny_job
 
 MLFLOW = {"tracking_uri": "http://mlflow.ml:5000", "experiment": "llm"}
 
@@ -33,7 +33,8 @@ MLFLOW_ENV = "set MLFLOW_TRACKING_TOKEN"
     ({"mlflow": {**MLFLOW, "username": "s3cr3t"}}, "train.tracking.mlflow: username looks like a credential"),
     ({"mlflow": {**MLFLOW, "tracking_uri": "https://bob:s3cr3t@mlflow.ml"}},
      "train.tracking.mlflow: tracking_uri holds a credential"),
-    ({"mlflow": {**MLFLOW, "tracking_uri": "https://mlflow.ml/?access_token=s3cr3t"}}, "tracking_uri holds a credential"),
+    ({"mlflow": {**MLFLOW, "tracking_uri": "https://mlflow.ml/?access_token=s3cr3t"}},
+     "tracking_uri holds a credential"),
     ({"wandb": {"project": "p", "api_key": "s3cr3t"}},
      "train.tracking.wandb: api_key looks like a credential; set WANDB_API_KEY"),
     ({"wandb_api_key": "s3cr3t"}, "train.tracking: wandb_api_key looks like a credential"),

@@ -15,7 +15,7 @@ from remote_fixtures import add_to_hub_cache, folder_files, moto_server, s3, s3_
 from test_resilience import assert_same_training
 from trainjobs import DATA, save_tiny_pretrained, tiny_job
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.s3]
 
 RUN = {"max_steps": 12, "save_every": 4, "keep_last": 3, "eval_every": 0, "max_restarts": 0}
 PROCS = ("--nproc-per-node", "2")

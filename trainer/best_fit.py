@@ -52,7 +52,7 @@ def best_fit_placement(lengths: np.ndarray, seq_len: int) -> tuple[np.ndarray, n
     rows in order of their first index, indices ascending inside a row (so data that fits one row keeps its
     order). Arrays, not lists of lists: a few bytes per document however large the corpus."""
     lengths = np.asarray(lengths)
-    if len(lengths) and not (1 <= lengths.min() and lengths.max() <= seq_len):
+    if len(lengths) and not (lengths.min() >= 1 and lengths.max() <= seq_len):
         raise ValueError(f"lengths must be within 1..{seq_len}")
     free = _FreeSpace(seq_len)
     open_rows: list[list[int]] = [[] for _ in range(seq_len + 1)]  # free space -> rows with it

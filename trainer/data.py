@@ -142,8 +142,8 @@ def tokenize_chat(tokenizer, conversations: list[list[dict]], key: str, first: i
     return documents
 
 
-def build_data(cfg: TrainConfig, tokenizer, *, split: str, packing: bool, cache_dir: Path,
-               rank: int | None = None, world_size: int | None = None, metrics: PrepMetrics | None = None) -> TokenData | None:
+def build_data(cfg: TrainConfig, tokenizer, *, split: str, packing: bool, cache_dir: Path, rank: int | None = None,
+               world_size: int | None = None, metrics: PrepMetrics | None = None) -> TokenData | None:
     """The tokenized sequences of `split` ("train" or "eval"), from cache_dir when already prepared.
 
     Every process calls this (rank / world_size: its global rank and the number of processes, from
@@ -177,7 +177,8 @@ def build_data(cfg: TrainConfig, tokenizer, *, split: str, packing: bool, cache_
         prepare(source, entry, tokenize=_tokenizer_of(tokenizer, source), split=split, seq_len=data.seq_len,
                 packing=packing, pad_id=tokenizer.pad_token_id, eval_fraction=data.eval_fraction if held_out else None,
                 chunk_records=data.chunk_records, rank=int(os.environ.get("RANK", "0")) if rank is None else rank,
-                world_size=int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size, metrics=metrics)
+                world_size=int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size,
+                metrics=metrics)
     return TokenData.load(entry, **options)
 
 

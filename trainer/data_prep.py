@@ -62,7 +62,7 @@ def prepare(source: DataSource, entry: Path, *, tokenize: Tokenize, split: str, 
     root = cache / SHARDS
     units = plan_units(source.builder, source.files, max(1, int(source.chunk_mb * 2**20)))
     ids = unit_ids(source, units)
-    progress = PrepProgress(source.key, split, list(zip(ids, units)), root, metrics)
+    progress = PrepProgress(source.key, split, list(zip(ids, units, strict=True)), root, metrics)
 
     def build(uid: str, unit: Unit, heartbeat: Callable[[], None]) -> None:
         def on_batch(records: int, tokens: int) -> None:
@@ -73,7 +73,7 @@ def prepare(source: DataSource, entry: Path, *, tokenize: Tokenize, split: str, 
                     tokenize, source.chat, root / uid, on_batch)
 
     started = time.monotonic()
-    prepare_units(list(zip(ids, units)), root, build, rank=rank, world_size=world_size, progress=progress,
+    prepare_units(list(zip(ids, units, strict=True)), root, build, rank=rank, world_size=world_size, progress=progress,
                   poll_s=poll_s)
     progress.report(force=True)
 

@@ -13,7 +13,8 @@ Coordination is through files only, never a collective: a process claims a unit 
 <unit id>.claim exclusively (O_EXCL), builds it, and renames the result into place; it starts with the
 units dealt to its global rank (index % world_size), then takes any unit nobody has claimed, then waits,
 polling the markers, until every unit is done. A claim whose builder died is taken over: at once when it
-was a process of this host, after CLAIM_STALE_S without a refresh otherwise. A data error is written to <unit id>.error, which every waiting process raises in turn.
+was a process of this host, after CLAIM_STALE_S without a refresh otherwise. A data error is written to
+<unit id>.error, which every waiting process raises in turn.
 Nodes that do not share the cache folder see no claims of the others, so each builds every unit itself.
 """
 

@@ -16,10 +16,10 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.data import build_data, for_attention, load_tokenizer
 from trainer.engine import Topology, init_distributed, load_ds_config, make_engine
 from trainer.failpoints import failpoint
+from trainer.model import build_model, count_parameters
 from trainer.prep_progress import PrepMetrics
 from trainer.runlog import RunLog, progress_bar
 from trainer.state import LoopState, StopSignal
-from trainer.model import build_model, count_parameters
 from trainer.watchdog import Watchdog
 
 log = logging.getLogger("llmlaunch.trainer")
@@ -67,7 +67,8 @@ class Trainer:
         self.runlog.info(
             f"{cfg.method.kind} training, {total:,} parameters ({trainable:,} trainable), world size "
             f"{self.topo.world_size}, {self.precision}, ZeRO {self.engine.zero_optimization_stage()}, "
-            f"{self.total_steps} steps of {cfg.global_batch(self.topo.world_size)} sequences x {cfg.data.seq_len} tokens"
+            f"{self.total_steps} steps of {cfg.global_batch(self.topo.world_size)} sequences x "
+            f"{cfg.data.seq_len} tokens"
         )
 
     def _data(self):
@@ -79,7 +80,8 @@ class Trainer:
         metrics = PrepMetrics.from_env(cfg.metrics, job=self.out.name)
         metrics.start()
         try:
-            train = build_data(cfg, self.tokenizer, split="train", packing=self.packing, cache_dir=cache, metrics=metrics)
+            train = build_data(cfg, self.tokenizer, split="train", packing=self.packing, cache_dir=cache,
+                               metrics=metrics)
             has_eval = cfg.data.eval is not None or cfg.data.eval_fraction > 0
             evals = build_data(cfg, self.tokenizer, split="eval", packing=self.packing, cache_dir=cache,
                                metrics=metrics) if has_eval else None
@@ -133,10 +135,12 @@ class Trainer:
                 engine.step()
                 loss_sum += loss.detach()
             state.step += 1
-            self.runlog.step(state, loss_sum / cfg.run.grad_accum, tokens, time.perf_counter() - t0, data_wait, engine, bar)
+            step_seconds = time.perf_counter() - t0
+            self.runlog.step(state, loss_sum / cfg.run.grad_accum, tokens, step_seconds, data_wait, engine, bar)
             self.watchdog.beat(state.step)
             is_last = state.step >= self.total_steps
-            if self.eval_data is not None and (is_last or (cfg.run.eval_every and state.step % cfg.run.eval_every == 0)):
+            eval_due = is_last or (cfg.run.eval_every and state.step % cfg.run.eval_every == 0)
+            if self.eval_data is not None and eval_due:
                 self.evaluate()
             saved = is_last or state.stopped_early or (cfg.run.save_every and state.step % cfg.run.save_every == 0)
             if saved:
@@ -210,13 +214,14 @@ class Trainer:
             )
         except checkpoint.SaveFailed as e:
             self.failed_saves += 1
-            self.runlog.checkpoint_failed(self.state, e.seconds, str(e), self.failed_saves, self.cfg.run.max_failed_saves)
-            if self.failed_saves >= self.cfg.run.max_failed_saves:
+            limit = self.cfg.run.max_failed_saves
+            self.runlog.checkpoint_failed(self.state, e.seconds, str(e), self.failed_saves, limit)
+            if self.failed_saves >= limit:
                 raise RuntimeError(f"{e}; {self.failed_saves} checkpoint saves failed in a row "
-                                   f"(train.run.max_failed_saves {self.cfg.run.max_failed_saves})") from e
+                                   f"(train.run.max_failed_saves {limit})") from e
         else:
             self.failed_saves = 0
             self.runlog.checkpoint(self.state, seconds)
-            checkpoint_mirror.push_after_save(self.mirror, self.ckpt_root, checkpoint.step_dir(self.ckpt_root, self.state.step),
-                                              self.topo.is_main)
+            saved = checkpoint.step_dir(self.ckpt_root, self.state.step)
+            checkpoint_mirror.push_after_save(self.mirror, self.ckpt_root, saved, self.topo.is_main)
         self.watchdog.beat(self.state.step)

@@ -99,7 +99,8 @@ class RunLog:
         )
         # Local multi-node runs put several "nodes" on one host: one port each, loopback only.
         local = os.environ.get("LLMLAUNCH_LOCAL_RUN") == "1"
-        self.metrics.start(addr="127.0.0.1" if local else "0.0.0.0", port=cfg.metrics.port + (topo.node_rank if local else 0))
+        port = cfg.metrics.port + (topo.node_rank if local else 0)
+        self.metrics.start(addr="127.0.0.1" if local else "0.0.0.0", port=port)
         # Every rank takes part (a collective); the node's serving rank exports only these GPUs.
         self.metrics.set_node_gpus(gather_node_gpus(gpu_uuid(topo.device), topo.node_rank))
 
@@ -134,7 +135,8 @@ class RunLog:
         packed = torch.stack([self._loss.double() / self._steps, self._tokens.to(self._loss.device).double()])
         dist.all_reduce(packed)
         times = [torch.zeros(1, dtype=torch.float64, device=self.topo.device) for _ in range(self.world)]
-        dist.all_gather(times, torch.tensor([self._step_time / self._steps], dtype=torch.float64, device=self.topo.device))
+        mine = torch.tensor([self._step_time / self._steps], dtype=torch.float64, device=self.topo.device)
+        dist.all_gather(times, mine)
         tokens_value, tokens_per_s = tokens_per_second(packed[1], self._since)
         elapsed = time.perf_counter() - self._since
         loss_value = packed[0].item() / self.world
@@ -202,12 +204,13 @@ class RunLog:
 
     def checkpoint_failed(self, state: LoopState, seconds: float, reason: str, in_a_row: int, limit: int) -> None:
         self.metrics.on_checkpoint(seconds=seconds, ok=False)
-        then = "the run fails" if in_a_row >= limit else "training goes on (a restart now resumes from the last complete one)"
+        then = ("the run fails" if in_a_row >= limit
+                else "training goes on (a restart now resumes from the last complete one)")
         self.info(f"checkpoint step {state.step} FAILED ({in_a_row} in a row, at most {limit}): {reason}; {then}")
 
     def finished(self, state: LoopState) -> None:
         self.flush()
-        best = f", best eval loss {state.best_eval:.4f} at step {state.best_step}" if state.best_eval is not None else ""
+        best = "" if state.best_eval is None else f", best eval loss {state.best_eval:.4f} at step {state.best_step}"
         self.info(f"done at step {state.step}{best}; model in {self.out / 'final'}")
         self.metrics.close()
         self.log.close()

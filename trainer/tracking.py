@@ -30,7 +30,8 @@ from typing import Any
 
 from trainer.config import TrainConfig
 
-STATE_FILE = "tracking.json"  # {"mlflow": {"run_id", "tracking_uri", "logged_step"}, "wandb": {"run_id", "logged_step"}}
+# {"mlflow": {"run_id", "tracking_uri", "logged_step"}, "wandb": {"run_id", "logged_step"}}
+STATE_FILE = "tracking.json"
 NOT_SCALARS = {"step", "time"}  # a record's keys that are not plotted
 
 
