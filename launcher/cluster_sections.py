@@ -23,7 +23,7 @@ from launcher.k8s_types import (
     StrDict,
     has_control_character,
 )
-from trainer.config import refuse_bool_numbers
+from trainer.config_types import refuse_bool_numbers
 
 
 class Section(BaseModel):

@@ -6,70 +6,24 @@ Every model refuses unknown keys, so a typo in a job file is an error, not a sil
 
 from __future__ import annotations
 
-import functools
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PlainValidator,
-    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
+from trainer.config_data import DataConfig
+from trainer.config_types import PathText, Section, describe_validation_error
 from trainer.errors import ConfigError
 from trainer.tracking_config import TrackingConfig
 
 PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero3-offload")
-
-
-def _leaf_types(annotation: Any) -> set:
-    """The plain types an annotation accepts (through Annotated, Optional and unions)."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _leaf_types(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return set().union(*(_leaf_types(a) for a in typing.get_args(annotation)))
-    return {annotation}
-
-
-@functools.cache
-def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
-    return frozenset(name for name, info in model.model_fields.items()
-                     if (kinds := _leaf_types(info.annotation)) & {int, float} and bool not in kinds)
-
-
-def refuse_bool_numbers(model: type[BaseModel], value: Any, field: str | None) -> Any:
-    """pydantic reads true as 1 for an int or float field; in a job file `nodes: true` is a mistake."""
-    if isinstance(value, bool) and field in _numeric_fields(model):
-        raise ValueError("Input should be a number, not a boolean")
-    return value
-
-
-def _no_nul(path: str) -> str:
-    if "\x00" in path:
-        raise ValueError("a path cannot hold a NUL character")
-    return path
-
-
-PathText = Annotated[str, AfterValidator(_no_nul)]  # a file or directory (or hub id): no OS takes a NUL in one
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        return refuse_bool_numbers(cls, value, info.field_name)
 
 
 class ModelConfig(Section):
@@ -127,54 +81,6 @@ class ModelConfig(Section):
                 return None
             return limit if isinstance(limit, int) else None
         return None
-
-
-class DataConfig(Section):
-    """Where the tokens come from and how they are shaped into sequences."""
-
-    train: PathText = Field(..., description="Training data: a .jsonl/.json, .txt or .parquet file (or a directory of "
-                            "them), s3://bucket/key-or-prefix, or hf://datasets/org/name[@revision][/path-or-glob] "
-                            "(the train split's files when no path is given; docs/data.md).")
-    eval: PathText | None = Field(None, description="Held-out data in the same format (a hub data set without a path: "
-                                  "its validation split, else test); enables eval.")
-    eval_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0, description="When `eval` is empty: hold out this fraction of `train` for eval."
-    )
-    format: Literal["text", "chat"] = Field(
-        "text", description="text: train on `text_field`; chat: render `messages` with the chat template."
-    )
-    text_field: str = Field("text", description="Field holding the document text (jsonl/parquet).")
-    messages_field: str = Field("messages", description="Field holding chat turns (format: chat).")
-    seq_len: int = Field(512, ge=8, description="Tokens per training sequence.")
-    packing: bool = Field(
-        True, description="Pack several documents per sequence (attention kept within each document)."
-    )
-    group_by_length: bool = Field(
-        False, description="Packing off: put sequences of similar length in the same training batch (sorted "
-        "buckets, deterministic per seed and epoch): less padding, but batches are less random (see docs/data.md). "
-        "Every padded batch is cut to its longest sequence either way.",
-    )
-    cache_dir: PathText | None = Field(
-        None, description="Where tokenized data is cached; defaults to <output_dir>/cache."
-    )
-    num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
-    chunk_mb: float = Field(
-        16.0, gt=0, description="Size of a data preparation work unit: data files are cut into units of this "
-        "many MB, which all processes of all nodes tokenize in parallel (docs/data.md).",
-    )
-    chunk_records: int = Field(
-        1000, ge=1, description="Records read and tokenized at once while preparing data; with the record "
-        "size it bounds a process's memory, whatever the size of the data.",
-    )
-
-    @field_validator("train", "eval")
-    @classmethod
-    def _known_source(cls, value: str | None) -> str | None:
-        if value is not None and "://" in value:
-            from trainer.remote_urls import check_data_url
-
-            check_data_url(value)
-        return value
 
 
 def _target_modules(value: Any) -> list[str] | str:
@@ -373,26 +279,6 @@ class TrainConfig(Section):
     @classmethod
     def from_yaml_file(cls, path: str | Path) -> TrainConfig:
         return cls.model_validate(yaml.safe_load(Path(path).read_text()))
-
-
-def describe_validation_error(exc: Exception, prefix: str = "") -> list[str]:
-    """Pydantic errors as lines like `train.run.micro_batch_size: must be >= 1 (got 0)`."""
-    from pydantic import ValidationError
-
-    if not isinstance(exc, ValidationError):
-        return [str(exc)]
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif "input" in err and not isinstance(err["input"], dict):
-            msg = f"{msg} (got {err['input']!r})"
-        lines.append(f"{path}: {msg}" if path else msg)
-    return lines
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
