@@ -14,7 +14,7 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build. Set LLMLAUNCH_TORCH to change it.
 "${pip[@]}" "${LLMLAUNCH_TORCH:-torch==2.13.0}"
 # DeepSpeed compiles its setup against the installed torch, so it must not get an isolated build env.
-.venv/bin/python -c "import deepspeed" 2>/dev/null || "${pip[@]}" --no-build-isolation "deepspeed>=0.15"
+.venv/bin/python -c "import deepspeed" >/dev/null 2>&1 || "${pip[@]}" --no-build-isolation "deepspeed>=0.15"
 "${pip[@]}" -e ".[trainer,report,tracking,test]"
 
 # DeepSpeed JIT-compiles its CPU shared-memory comm op on first use (~100 s); do it once here,

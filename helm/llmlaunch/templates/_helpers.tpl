@@ -32,6 +32,17 @@ null
 {{- end -}}
 
 {{/* A map as block mapping lines ("key": flow value), for nindent; {} when empty. */}}
+{{- /* A label selector: matchLabels, or {} (select all) when there are none; the API server stores an
+empty matchLabels as {}, so the chart writes what the server keeps. */ -}}
+{{- define "llmlaunch.labelSelector" -}}
+{{- if . -}}
+matchLabels:
+  {{- include "llmlaunch.strings" . | fromJson | include "llmlaunch.mapping" | nindent 2 }}
+{{- else -}}
+{}
+{{- end -}}
+{{- end -}}
+
 {{- define "llmlaunch.mapping" -}}
 {{- $node := . -}}
 {{- if not $node -}}
