@@ -75,6 +75,13 @@ class Podman:
                                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result
 
+    def release(self) -> None:
+        """Undo the self-bind mount podman's overlay driver puts on its store (it stays after podman exits):
+        the host keeps no mount of ours once the images are saved."""
+        for home in self.root.glob("graph-*/overlay"):
+            if os.path.ismount(home):
+                subprocess.run(["umount", str(home)], check=True)
+
     def exists(self, ref: str) -> bool:
         return self("image", "exists", ref, check=False).returncode == 0
 
@@ -233,7 +240,15 @@ def build_all(workdir: Path) -> dict[str, Path | str | float]:
 
 
 def _build_all(workdir: Path) -> dict[str, Path | str | float]:
-    podman, out = Podman(), {}
+    podman = Podman()
+    try:
+        return _build_and_save(podman, workdir)
+    finally:
+        podman.release()
+
+
+def _build_and_save(podman: Podman, workdir: Path) -> dict[str, Path | str | float]:
+    out = {}
     start = time.monotonic()
     out["trainer"], out["init"] = trainer_image(podman, workdir), init_image(podman, workdir)
     out["build_s"] = round(time.monotonic() - start, 1)
