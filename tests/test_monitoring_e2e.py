@@ -61,6 +61,11 @@ class Drivers:
                 proc.stdin.write("go\n")
                 proc.stdin.flush()
 
+    def wait_done(self) -> None:
+        """Until every driver has set its last value (the final checkpoint comes after the last step)."""
+        for proc in self.procs:
+            assert proc.stdout.readline().strip() == "DONE"
+
 
 @pytest.fixture
 def drivers():
@@ -86,6 +91,9 @@ def test_prometheus_scrapes_every_metric_and_every_panel_has_data(prometheus_ser
     drivers.go()
     prom.wait_for(f'count(llmlaunch_train_step == {STEPS}) == 3', timeout=120)
     prom.wait_for(f'llmlaunch_tokens_total{{job="e2e"}} == {STEPS * TOKENS_PER_STEP}', timeout=10)
+    drivers.wait_done()
+    done = time.time()  # then one scrape of every target after it: the values below are the final ones
+    prom.wait_for(f'min(timestamp(up{{job="llmlaunch"}})) > {done}', timeout=30)
     end = time.time()
 
     assert_metrics_present(prom, ALL_METRICS, job="e2e", at=end)
