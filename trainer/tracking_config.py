@@ -11,7 +11,9 @@ import re
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from trainer.config_types import Section
 
 # Keys a user might be tempted to put a credential under. Wider than the launcher's cluster.env rule
 # (launcher/cluster_spec.py SECRET_LIKE): a tracker section has no business with a user name or a key either.
@@ -23,10 +25,13 @@ CREDENTIAL_ENV = {
 }
 
 
-class Section(BaseModel):
-    """As trainer.config.Section (unknown keys refused), without importing it: trainer.config imports this."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def refuse_credential_keys(data: Any, where_instead: str) -> Any:
+    """A key that looks like a credential is refused, naming where it goes instead (never echoing its value)."""
+    if isinstance(data, dict):
+        for key in data:
+            if isinstance(key, str) and CREDENTIAL_LIKE.search(key):
+                raise ValueError(f"{key} looks like a credential; {where_instead}, never in the job file")
+    return data
 
 
 class TrackerSection(Section):
@@ -35,12 +40,8 @@ class TrackerSection(Section):
     @model_validator(mode="before")
     @classmethod
     def _no_credentials(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in data:
-                if isinstance(key, str) and CREDENTIAL_LIKE.search(key):
-                    raise ValueError(f"{key} looks like a credential; set {CREDENTIAL_ENV[cls.tracker]} "
-                                     f"through cluster.secrets (a secretKeyRef), never in the job file")
-        return data
+        where = f"set {CREDENTIAL_ENV[cls.tracker]} through cluster.secrets (a secretKeyRef)"
+        return refuse_credential_keys(data, where)
 
 
 class MlflowTracking(TrackerSection):
@@ -89,12 +90,8 @@ class TrackingConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _no_credentials(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in data:
-                if isinstance(key, str) and CREDENTIAL_LIKE.search(key):
-                    raise ValueError(f"{key} looks like a credential; tracker credentials go through cluster.secrets "
-                                     f"({CREDENTIAL_ENV['mlflow']}; WANDB_API_KEY), never in the job file")
-        return data
+        return refuse_credential_keys(
+            data, f"tracker credentials go through cluster.secrets ({CREDENTIAL_ENV['mlflow']}; WANDB_API_KEY)")
 
     @property
     def enabled(self) -> bool:
