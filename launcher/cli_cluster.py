@@ -52,9 +52,9 @@ def emit(data, output: str, text: str) -> None:
     if output == "json":
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     elif output == "yaml":
-        import yaml
+        from trainer import yaml_io
 
-        click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+        click.echo(yaml_io.dump(data, sort_keys=False), nl=False)
     else:
         click.echo(text)
 

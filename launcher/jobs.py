@@ -9,10 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
 from launcher import job_status, names, ownership, pod_status, train_progress
 from launcher.kube import JOB_KINDS, KINDS, Cluster, Kind, KubeError
+from trainer import yaml_io
 
 Echo = Callable[[str], None]
 
@@ -259,6 +258,6 @@ def _max_steps(cluster: Cluster, ns: str, job: str) -> int | None:
     for config in cluster.list(KINDS["ConfigMap"], ns, names.selector(job)):
         text = (config.get("data") or {}).get("train.yaml")
         if text:
-            run = (yaml.safe_load(text) or {}).get("run") or {}
+            run = (yaml_io.load(text) or {}).get("run") or {}
             return run.get("max_steps")
     return None

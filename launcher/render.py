@@ -18,9 +18,8 @@ import yaml
 from launcher import names, ownership, pod_values, rules
 from launcher.spec import JobSpec
 from llmlaunch_data import data_path
+from trainer import yaml_io
 from trainer.ds_config import build_ds_config, resolve_precision
-
-LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _quote(text: str) -> str:
@@ -179,10 +178,10 @@ def replicas(spec: JobSpec) -> list[dict[str, Any]]:
 
 def render(spec: JobSpec) -> list[dict[str, Any]]:
     """The job's Kubernetes objects, in creation order."""
-    return [yaml.load(doc, Loader=LOADER) for doc in documents(spec)]
+    return [yaml_io.load(doc) for doc in documents(spec)]
 
 
-class _BlockDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # libyaml's emitter when present: faster
+class _BlockDumper(yaml_io.SafeDumper):
     """Multi-line strings (train.yaml, ds_config.json) as literal blocks, so a diff is readable."""
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from launcher.cluster_spec import ClusterSpec
 from launcher.rules import check_job, check_plain_data
+from trainer import yaml_io
 from trainer.config import ConfigError, TrainConfig, describe_validation_error
 
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # services are named after the job: a letter first
@@ -47,7 +48,7 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError([f"--set {assignment!r}: expected key.path=value"])
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml_io.load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     except ValueError as e:  # more digits than Python converts
@@ -98,7 +99,7 @@ def load_job(path: str | Path, overrides: list[str] = (), resolve_paths: bool = 
     make pods (see rules.check_job)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_io.load(path.read_text())
     except OSError as e:
         raise ConfigError([f"{path}: cannot read job file ({e.strerror})"]) from e
     except yaml.YAMLError as e:

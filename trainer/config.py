@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from trainer import yaml_io
 from trainer.config_data import DataConfig
 from trainer.config_types import PathText, Section, describe_validation_error
 from trainer.errors import ConfigError
@@ -274,11 +275,11 @@ class TrainConfig(Section):
             )
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml_io.dump(self.model_dump(mode="json"), sort_keys=False)
 
     @classmethod
     def from_yaml_file(cls, path: str | Path) -> TrainConfig:
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+        return cls.model_validate(yaml_io.load(Path(path).read_text()))
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
@@ -286,7 +287,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
     from pydantic import ValidationError
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml_io.load(Path(path).read_text())
     except OSError as e:
         raise ConfigError([f"{path}: cannot read ({e.strerror})"]) from e
     except yaml.YAMLError as e:
