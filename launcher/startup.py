@@ -9,6 +9,7 @@ variable turns every plugin off, the CLI registers a loader that gives pydantic'
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import types
@@ -23,4 +24,14 @@ def skip_pydantic_plugins() -> None:
         return
     loader = types.ModuleType(PLUGIN_LOADER, "Stands in for pydantic's plugin loader: plugins are off.")
     loader.get_plugins = lambda: ()
+    loader.__getattr__ = _from_the_real_loader
     sys.modules[PLUGIN_LOADER] = loader
+
+
+def _from_the_real_loader(name: str):
+    """Anything else a pydantic version asks of its loader comes from the real one, loaded then."""
+    if name.startswith("__"):  # the import system probing (__path__, ...): a plain module has none
+        raise AttributeError(name)
+    if getattr(sys.modules.get(PLUGIN_LOADER), "__file__", None) is None:  # still the stand-in
+        sys.modules.pop(PLUGIN_LOADER, None)
+    return getattr(importlib.import_module(PLUGIN_LOADER), name)

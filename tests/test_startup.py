@@ -45,3 +45,14 @@ def test_plugins_off_skips_the_loader_and_still_validates(setting, tmp_path):
 def test_a_user_who_names_plugins_gets_pydantics_loader():
     # Any other value lists plugins to skip: pydantic's own loader must run and look them up.
     assert run_validate("examples/tiny.yaml", "logfire")[0] == "0 True True"
+
+
+def test_a_name_the_stand_in_lacks_comes_from_pydantics_loader():
+    # A later pydantic may ask its loader for more than get_plugins: that must load the real module, not fail.
+    code = ("import sys; from launcher import startup; startup.skip_pydantic_plugins()\n"
+            "from pydantic.plugin._loader import PYDANTIC_ENTRY_POINT_GROUP\n"
+            "print(PYDANTIC_ENTRY_POINT_GROUP, sys.modules['pydantic.plugin._loader'].__file__ is not None)")
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"} | {"PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["pydantic", "True"]
