@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.config import ConfigError, TrainConfig
+from launcher.errors import ConfigError
+from trainer.config import TrainConfig
+from trainer.hub_cache import model_dir as local_model_dir  # standard library only: a hub id's cached snapshot
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -87,7 +89,6 @@ def safetensors_params(model_dir: Path) -> int | None:
 def model_config(cfg: TrainConfig) -> tuple[dict[str, Any], Path | None]:
     if cfg.model.config is not None:
         return dict(cfg.model.config), None
-    from trainer.hub_cache import model_dir as local_model_dir  # torch- and HF-free: a hub id's cached snapshot
 
     model_dir = local_model_dir(cfg.model.pretrained)
     try:

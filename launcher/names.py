@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from trainer.config import ConfigError
+from launcher.errors import ConfigError
 
 if TYPE_CHECKING:  # annotations only: spec runs the rules, which use this module
     from launcher.spec import JobSpec

@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.config import ConfigError
+from launcher.errors import ConfigError
 
 LOG_NAME = "metrics.jsonl"  # trainer.metrics_log.FILENAME; not imported: launcher reads, trainer writes
 

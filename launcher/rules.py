@@ -12,8 +12,8 @@ import math
 from typing import Any
 
 from launcher import names, pod_values
+from launcher.errors import ConfigError
 from launcher.k8s_types import has_control_character
-from trainer.config import ConfigError
 
 # A job file is tens of values; aliases of aliases can make a few lines stand for billions.
 MAX_VALUES = 100_000
