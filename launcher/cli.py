@@ -1,7 +1,8 @@
 """The `llmlaunch` command line: one small function per command; errors become one-line messages.
 
-Imports stay light (click, yaml, pydantic): torch and the kubernetes client load only in the
-commands that need them, so `llmlaunch render` and `--help` start fast.
+Imports stay light (click only): the job models, YAML and Jinja load in the commands that read a job
+file, torch and the kubernetes client only in those that need them, so `--help` starts in ~50 ms and
+`render` of a job in under 0.2 s (bench/render_latency.py).
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from launcher.cluster_spec import ClusterSpec
+from launcher.errors import ConfigError
 from launcher.rules import check_job, check_plain_data
 from trainer import yaml_io
-from trainer.config import ConfigError, TrainConfig, describe_validation_error
+from trainer.config import TrainConfig, describe_validation_error
 
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # services are named after the job: a letter first
 MAX_NAME = 40  # leaves room for the longest suffix we append (e.g. "-worker-12345" and pod hashes)
@@ -102,6 +103,8 @@ def load_job(path: str | Path, overrides: list[str] = (), resolve_paths: bool = 
         data = yaml_io.load(path.read_text())
     except OSError as e:
         raise ConfigError([f"{path}: cannot read job file ({e.strerror})"]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from e
     except yaml.YAMLError as e:
         raise ConfigError([f"{path}: not valid YAML ({str(e).splitlines()[0]})"]) from e
     except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)

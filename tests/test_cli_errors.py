@@ -37,6 +37,20 @@ def test_not_yaml(tmp_path):
     assert_usage_error(run("validate", str(bad)), "not valid YAML")
 
 
+def test_job_file_not_utf8(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(tiny_job(tmp_path).read_bytes() + "# café\n".encode("latin-1"))
+    assert_usage_error(run("validate", str(bad)), f"{bad}: not UTF-8 text (byte ")
+
+
+def test_set_value_with_non_utf8_bytes_is_kept(tmp_path):
+    """A path holding bytes that are not UTF-8 reaches Python as lone surrogates; libyaml cannot read
+    those, PyYAML's own reader can: the value is taken as it was before libyaml."""
+    out = "/tmp/run-\udcff"
+    result = run("validate", str(tiny_job(tmp_path)), "--set", f"train.run.output_dir={out}")
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize(
     "sections,fragment",
     [

@@ -164,3 +164,13 @@ def test_lr_schedules_warm_up_then_decay(kind):
 def test_train_yaml_round_trips(tmp_path):
     cfg = load_job(tiny_job(tmp_path)).train
     assert TrainConfig.model_validate(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+def test_train_yaml_not_utf8_is_one_line(tmp_path):
+    from trainer.config import load_train_config
+
+    path = tmp_path / "train.yaml"
+    path.write_bytes(load_job(tiny_job(tmp_path)).train.to_yaml().encode() + b"# \xe9\n")
+    with pytest.raises(ConfigError) as e:
+        load_train_config(path)
+    assert e.value.problems == [f"{path}: not UTF-8 text (byte {path.stat().st_size - 2})"]

@@ -290,6 +290,8 @@ def load_train_config(path: str | Path) -> TrainConfig:
         data = yaml_io.load(Path(path).read_text())
     except OSError as e:
         raise ConfigError([f"{path}: cannot read ({e.strerror})"]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from e
     except yaml.YAMLError as e:
         raise ConfigError([f"{path}: not valid YAML ({str(e).splitlines()[0]})"]) from e
     try:

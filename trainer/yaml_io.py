@@ -13,7 +13,10 @@ SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def load(text: str) -> Any:
-    return yaml.load(text, Loader=SafeLoader)
+    try:
+        return yaml.load(text, Loader=SafeLoader)
+    except UnicodeEncodeError:  # lone surrogates (a non-UTF-8 file name from argv): libyaml reads UTF-8 only
+        return yaml.safe_load(text)
 
 
 def dump(data: Any, **options: Any) -> str:
