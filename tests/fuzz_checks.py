@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from trainer import yaml_io
 
 NO_IMAGE = ("error: cluster.image is not set: build the trainer image from the repository's Dockerfile, push it "
             "(docker build -t REGISTRY/llmlaunch-trainer:0.1.0 . && docker push REGISTRY/llmlaunch-trainer:0.1.0; "
@@ -73,9 +73,8 @@ def run_cli(argv: list[str], cwd: Path) -> Outcome:
 
 def write_job(doc: dict | str, directory: Path) -> Path:
     path = directory / "job.yaml"
-    # libyaml's dumper when built in: 5x faster, the same text as safe_dump (compared once over every invalid change)
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    text = doc if isinstance(doc, str) else yaml.dump(doc, Dumper=dumper, sort_keys=False, allow_unicode=False)
+    # libyaml's dumper: 5x faster; the same data as safe_dump's text (not always the same text: '': null)
+    text = doc if isinstance(doc, str) else yaml_io.dump(doc, sort_keys=False, allow_unicode=False)
     path.write_text(text.replace("OUT", str(directory / "out")))
     return path
 

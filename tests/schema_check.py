@@ -15,7 +15,8 @@ from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
-import yaml
+
+from trainer import yaml_io
 
 CRD_DIR = Path(__file__).resolve().parent / "data" / "crds"
 K8S_VERSIONS = [f"1.{minor}.0" for minor in range(27, 35)]
@@ -46,8 +47,7 @@ def _close(schema):
 
 @functools.cache
 def crd_validator(api_version: str, kind: str) -> jsonschema.Validator:
-    crd = yaml.load((CRD_DIR / CRD_FILES[(api_version, kind)]).read_text(),
-                    Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    crd = yaml_io.load((CRD_DIR / CRD_FILES[(api_version, kind)]).read_text())
     version = api_version.rsplit("/", 1)[1]
     schema = next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
     return jsonschema.Draft202012Validator(_close(schema))
