@@ -31,7 +31,6 @@ null
 {{- end -}}
 {{- end -}}
 
-{{/* A map as block mapping lines ("key": flow value), for nindent; {} when empty. */}}
 {{- /* A label selector: matchLabels, or {} (select all) when there are none; the API server stores an
 empty matchLabels as {}, so the chart writes what the server keeps. */ -}}
 {{- define "llmlaunch.labelSelector" -}}
@@ -43,6 +42,7 @@ matchLabels:
 {{- end -}}
 {{- end -}}
 
+{{/* A map as block mapping lines ("key": flow value), for nindent; {} when empty. */}}
 {{- define "llmlaunch.mapping" -}}
 {{- $node := . -}}
 {{- if not $node -}}
