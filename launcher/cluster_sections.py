@@ -7,7 +7,7 @@ import posixpath
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from launcher.k8s_types import (
     INT32_MAX,
@@ -23,16 +23,7 @@ from launcher.k8s_types import (
     StrDict,
     has_control_character,
 )
-from trainer.config_types import refuse_bool_numbers
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        return refuse_bool_numbers(cls, value, info.field_name)
+from trainer.config_types import Section
 
 
 class Resources(Section):
