@@ -80,6 +80,13 @@ def prepare_in(world: int, folder: Path, cache: Path, **options) -> list:
     return outcomes
 
 
+def reference_documents(tokenizer, texts: list[str]) -> list[tuple]:
+    """The documents of tokenize_texts, from the plain tokenizer call rather than its fast path."""
+    ids = [i if i and i[-1] == tokenizer.eos_token_id else [*i, tokenizer.eos_token_id]
+           for i in tokenizer([t for t in texts if t], add_special_tokens=True, verbose=False)["input_ids"]]
+    return [(np.array(i, np.int32), np.ones(len(i), bool)) for i in ids]
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer(make_cfg("unused").model)
@@ -100,7 +107,7 @@ def test_two_processes_lay_out_the_same_rows_as_one_and_as_pack_documents(tmp_pa
     held = set(sorted(range(len(texts)), key=lambda i: (digest[i], i))[: round(0.1 * len(texts))])
     shape = pack_documents if packing else pad_documents
     for split, keep in (("train", lambda i: i not in held), ("eval", lambda i: i in held)):
-        documents = tokenize_texts(tokenizer, [t for i, t in enumerate(texts) if keep(i)])
+        documents = reference_documents(tokenizer, [t for i, t in enumerate(texts) if keep(i)])
         expected = shape(documents, 64, tokenizer.pad_token_id)
         assert [a.tolist() for a in expected.values()] == one[0][2][split], split
 
@@ -129,7 +136,7 @@ def test_restart_reads_no_data_byte_and_a_change_is_noticed(tmp_path, tokenizer,
     assert all((cache / "shards" / name).stat().st_mtime_ns == t for name, t in shards.items())  # untouched
     texts.update({name: texts_of(folder / name) for name in ("part-1.jsonl", "part-7.jsonl")})
     current = [t for name in sorted(texts) for t in texts[name]]
-    assert changed.num_tokens == sum(len(ids) for ids, _ in tokenize_texts(tokenizer, current)) != first.num_tokens
+    assert changed.num_tokens == sum(len(ids) for ids, _ in reference_documents(tokenizer, current)) != first.num_tokens
 
 
 def test_a_data_error_in_one_process_reaches_every_process(tmp_path):
@@ -204,3 +211,59 @@ def test_memory_of_preparation_does_not_follow_the_corpus(tmp_path, tokenizer):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 2.5 * peaks[0], peaks
+
+
+def test_rows_keep_a_bounded_number_of_shards_mapped(tmp_path, tokenizer, monkeypatch):
+    from trainer.shard_rows import ShardRows
+
+    data = build_data(cfg_of(corpus(tmp_path / "data")), tokenizer, split="train", packing=True,
+                      cache_dir=tmp_path / "cache")
+    rows = data.rows
+    expected = rows.gather(np.arange(len(rows)), 64)
+    monkeypatch.setattr(ShardRows, "MAX_OPEN", 3)
+    bounded = ShardRows(rows.directory)
+    assert len(bounded.units) > 3 * 3  # enough shards that rows must evict and re-open maps
+    gathered = []
+    for row in np.random.default_rng(0).permutation(len(rows)):
+        gathered.append((row, bounded.gather(np.array([row]), 64)))
+        assert len(bounded._maps) <= 3
+    for column, want in enumerate(expected):
+        got = np.concatenate([parts[column] for _, parts in sorted(gathered, key=lambda g: g[0])])
+        assert np.array_equal(got, want)
+
+
+class _Progress:
+    def done_units(self, done):
+        pass
+
+    def tick(self):
+        pass
+
+
+def test_a_read_failure_is_retried_and_a_data_error_recorded_whole(tmp_path):
+    from trainer.data_readers import DataReadError, Unit, read_unit
+    from trainer.data_shards import prepare_units
+
+    root = tmp_path / "shards"
+    gone = tmp_path / "gone.jsonl"  # removed (or its volume unreachable) after the units were planned
+
+    def unreadable(uid, unit, heartbeat):
+        list(read_unit("json", gone, unit, 10, "data.train", "text"))
+
+    units = [("u0", Unit(0, 0, 10, 10))]
+    with pytest.raises(DataReadError, match="gone.jsonl"):
+        prepare_units(units, root, unreadable, rank=0, world_size=1, progress=_Progress(), poll_s=0)
+    assert sorted(p.name for p in root.iterdir()) == []  # no .error: a restart tries the unit again
+
+    gone.write_bytes(b'{"text": "\xff"}\n{broken\n')
+
+    def bad_content(uid, unit, heartbeat):
+        list(read_unit("json", gone, unit, 10, "data.train", "text"))
+
+    with pytest.raises(DataError, match="invalid JSON") as raised:
+        prepare_units(units, root, bad_content, rank=0, world_size=1, progress=_Progress(), poll_s=0)
+    assert sorted(p.name for p in root.iterdir()) == ["u0.error"]  # no temporary file left behind
+    assert (root / "u0.error").read_text() == raised.value.problems[0]
+    with pytest.raises(DataError) as again:  # every later process raises the recorded error, building nothing
+        prepare_units(units, root, unreadable, rank=0, world_size=1, progress=_Progress(), poll_s=0)
+    assert again.value.problems == raised.value.problems

@@ -14,7 +14,7 @@ TEXTS = ["first", "a paragraph\nover two lines", "  padded  ", "x" * 300, "ünï
 
 
 def read_all(builder: str, path: Path, unit_bytes: int, batch: int = 2) -> list:
-    units = plan_units(builder, [path], unit_bytes)
+    units = plan_units(builder, [path], unit_bytes, "data.train")
     records = [r for u in units for chunk in read_unit(builder, path, u, batch, "data.train", "text") for r in chunk]
     return records, len(units)
 
@@ -81,3 +81,64 @@ def test_a_broken_line_is_named_with_its_file_and_offset(tmp_path):
     path.write_text('{"text": "a"}\n{not json\n')
     with pytest.raises(DataError, match=r"^data.train: cannot read .*b.jsonl: invalid JSON at byte 14"):
         read_all("json", path, 1 << 20)
+
+
+def test_a_corrupt_parquet_file_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "bad.parquet"
+    path.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(DataError, match=r"^data.train: cannot read .*bad.parquet: ") as raised:
+        read_all("parquet", path, 1 << 20)
+    assert len(raised.value.problems) == 1 and "\n" not in raised.value.problems[0]
+    from trainer.data_readers import Unit
+
+    with pytest.raises(DataError, match=r"^k: cannot read .*bad.parquet: "):  # planned before it went bad
+        list(read_unit("parquet", path, Unit(0, 0, 1, 1), 10, "k", "text"))
+
+
+def test_a_json_array_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('[{"text": "café"}]'.encode("latin-1"))
+    message = r"^data.train: cannot read .*latin1.json: 'utf-8' codec can't decode"
+    with pytest.raises(DataError, match=message) as raised:
+        read_all("json", path, 1 << 20)
+    assert "\n" not in raised.value.problems[0]
+
+
+def test_a_missing_file_is_a_read_error_not_a_data_error(tmp_path):
+    from trainer.data_readers import DataReadError, Unit
+
+    with pytest.raises(DataReadError, match=r"^k: cannot read .*gone.jsonl: No such file or directory$"):
+        list(read_unit("json", tmp_path / "gone.jsonl", Unit(0, 0, 10, 10), 10, "k", "text"))
+
+
+@pytest.mark.parametrize(("text", "expected"), [("", False), (" \n\n ", False), ("[]", False), (" [ \n ] ", False),
+                                                ('[{"text": "a"}]', True), ('\n{"text": "a"}\n', True)])
+def test_preflight_sees_records_from_the_first_bytes(tmp_path, text, expected):
+    from trainer import preflight
+
+    path = tmp_path / "a.json"
+    path.write_text(text)
+    assert preflight._has_records(path, "k") is expected
+
+
+def test_preflight_reads_a_prefix_of_a_one_line_json_array(tmp_path):
+    import tracemalloc
+
+    from trainer import preflight
+
+    path = tmp_path / "minified.json"
+    path.write_text('[{"text": "' + "a" * 20_000_000 + '"}]')  # one 20 MB line
+    tracemalloc.start()
+    assert preflight._has_records(path, "k")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
+def test_preflight_names_a_file_it_cannot_read(tmp_path):
+    from trainer import preflight
+
+    path = tmp_path / "bad.parquet"
+    path.write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"^train.data.train: cannot read .*bad.parquet: "):
+        preflight._has_records(path, "train.data.train")

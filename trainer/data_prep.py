@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.data_readers import Unit, plan_units
-from trainer.data_shards import Tokenize, build_shard, claim, prepare_units
+from trainer.data_shards import Tokenize, build_shard, claim, prepare_units, record_error
 from trainer.data_sources import DataError
 from trainer.prep_progress import PrepMetrics, PrepProgress
 from trainer.shard_rows import write_layout
@@ -39,7 +39,7 @@ class DataSource:
     key: str  # data.train or data.eval, for errors
     builder: str  # json, text or parquet
     files: list[Path]
-    manifest: list  # [relative path, size, mtime_ns] per file (trainer/data_sources.py)
+    manifest: list  # [absolute resolved path, size, mtime_ns] per file (trainer/data_sources.py)
     field: str
     chat: bool
     corpus: str  # digest of everything but the files that changes the token ids
@@ -60,7 +60,7 @@ def prepare(source: DataSource, entry: Path, *, tokenize: Tokenize, split: str, 
     """Make entry/ (the split's layout) exist, building the shards it needs together with the other processes."""
     cache = entry.parent
     root = cache / SHARDS
-    units = plan_units(source.builder, source.files, max(1, int(source.chunk_mb * 2**20)))
+    units = plan_units(source.builder, source.files, max(1, int(source.chunk_mb * 2**20)), source.key)
     ids = unit_ids(source, units)
     progress = PrepProgress(source.key, split, list(zip(ids, units, strict=True)), root, metrics)
 
@@ -97,7 +97,7 @@ def build_once(entry: Path, claimed: Path, error: Path, build: Callable[[], None
                 if not (entry / "meta.json").is_file():
                     build()
             except DataError as e:
-                error.write_text(e.problems[0])
+                record_error(error, e)
                 raise
             finally:
                 claimed.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,44 +29,74 @@ class Unit:
     size: int  # bytes this unit covers (progress and MB/s)
 
 
-def plan_units(builder: str, files: list[Path], unit_bytes: int) -> list[Unit]:
+class DataReadError(DataError):
+    """A file could not be read (an OSError): a retry may succeed, so it is not recorded as the data's error."""
+
+
+@contextmanager
+def reading(path: Path, key: str) -> Iterator[None]:
+    """Turn a failure to read `path` (OSError) or to decode it (ValueError: bad UTF-8, a corrupt parquet
+    file) into one line naming the key and the file, instead of a traceback."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:
+        reason = (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
+        error = DataReadError if isinstance(e, OSError) else DataError
+        raise error(f"{key}: cannot read {path}: {reason}") from e
+
+
+def plan_units(builder: str, files: list[Path], unit_bytes: int, key: str = "data") -> list[Unit]:
     """The work units of `files`, in canonical (file, position) order."""
     units = []
     for index, path in enumerate(files):
-        size = path.stat().st_size
-        if builder == "parquet":
-            import pyarrow.parquet as pq
-
-            meta = pq.ParquetFile(path).metadata
-            first, taken = 0, 0
-            for group in range(meta.num_row_groups):
-                taken += meta.row_group(group).total_byte_size
-                if taken >= unit_bytes or group == meta.num_row_groups - 1:
-                    units.append(Unit(index, first, group + 1, taken))
-                    first, taken = group + 1, 0
-        elif path.suffix == ".json" and _first_byte(path) == b"[":
-            units.append(Unit(index, 0, size, size))
-        else:
-            units += [Unit(index, s, min(s + unit_bytes, size), min(unit_bytes, size - s))
-                      for s in range(0, max(size, 1), unit_bytes)]
+        with reading(path, key):
+            units += _file_units(builder, index, path, unit_bytes)
     return units
 
 
-def _first_byte(path: Path) -> bytes:
+def _file_units(builder: str, index: int, path: Path, unit_bytes: int) -> list[Unit]:
+    size = path.stat().st_size
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        units, first, taken = [], 0, 0
+        for group in range(meta.num_row_groups):
+            taken += meta.row_group(group).total_byte_size
+            if taken >= unit_bytes or group == meta.num_row_groups - 1:
+                units.append(Unit(index, first, group + 1, taken))
+                first, taken = group + 1, 0
+        return units
+    if path.suffix == ".json" and leading_bytes(path, 1) == b"[":
+        return [Unit(index, 0, size, size)]
+    return [Unit(index, s, min(s + unit_bytes, size), min(unit_bytes, size - s))
+            for s in range(0, max(size, 1), unit_bytes)]
+
+
+def leading_bytes(path: Path, count: int) -> bytes:
+    """The first `count` non-whitespace bytes of a file (fewer at its end): b"[" starts a JSON array."""
+    found = b""
     with path.open("rb") as f:
-        while (byte := f.read(1)) and byte.isspace():
-            pass
-        return byte
+        while len(found) < count and (byte := f.read(1)):
+            found += b"" if byte.isspace() else byte
+    return found
 
 
 def read_unit(builder: str, path: Path, unit: Unit, batch: int, key: str, field: str) -> Iterator[list]:
     """Lists of at most `batch` records (dicts; a .txt paragraph is {"text": ...}) of one unit."""
+    with reading(path, key):
+        yield from _read_unit(builder, path, unit, batch, key, field)
+
+
+def _read_unit(builder: str, path: Path, unit: Unit, batch: int, key: str, field: str) -> Iterator[list]:
     if builder == "parquet":
-        yield from _parquet(path, unit, batch, key, field)
+        yield from _parquet(path, unit, batch, field)
         return
     if builder == "text":
         records = _paragraphs(path, unit)
-    elif path.suffix == ".json" and unit.start == 0 and _first_byte(path) == b"[":
+    elif path.suffix == ".json" and unit.start == 0 and leading_bytes(path, 1) == b"[":
         records = _json_array(path, key)
     else:
         records = _json_lines(path, unit, key)
@@ -156,14 +187,11 @@ def _json_array(path: Path, key: str, block: int = 1 << 20) -> Iterator[dict]:
             position = end
 
 
-def _parquet(path: Path, unit: Unit, batch: int, key: str, field: str) -> Iterator[list]:
+def _parquet(path: Path, unit: Unit, batch: int, field: str) -> Iterator[list]:
     import pyarrow.parquet as pq
 
-    try:
-        parquet = pq.ParquetFile(path)
-        columns = [field] if field in parquet.schema_arrow.names else None  # else all: the error names them
-        groups = list(range(unit.start, unit.end))
-        for table in parquet.iter_batches(batch_size=batch, row_groups=groups, columns=columns):
-            yield table.to_pylist()
-    except OSError as e:
-        raise DataError(f"{key}: cannot read {path}: {e}") from e
+    parquet = pq.ParquetFile(path)
+    columns = [field] if field in parquet.schema_arrow.names else None  # else all: the error names them
+    groups = list(range(unit.start, unit.end))
+    for table in parquet.iter_batches(batch_size=batch, row_groups=groups, columns=columns):
+        yield table.to_pylist()

@@ -6,15 +6,16 @@ A shard (cache_dir/shards/<unit id>/) holds one unit's documents, in record orde
   lengths.npy  int64, tokens per record (0: an empty text, which trains nothing)
   hashes.npy   uint64, the first 8 bytes of sha256 of each record's value (the eval hold-out ranks them)
   shard.json   written last: records, tokens, bytes; the folder appears by one rename, so it is the done marker
-The unit id hashes the file's relative path, size and mtime, the unit's range and everything that changes
-the ids (tokenizer, format, field), so an unchanged file's shards survive any change elsewhere.
+The unit id hashes the file's absolute resolved path, size and mtime, the unit's range and everything that
+changes the ids (tokenizer, format, field), so an unchanged file's shards survive any change elsewhere.
 
 Coordination is through files only, never a collective: a process claims a unit by creating
 <unit id>.claim exclusively (O_EXCL), builds it, and renames the result into place; it starts with the
 units dealt to its global rank (index % world_size), then takes any unit nobody has claimed, then waits,
 polling the markers, until every unit is done. A claim whose builder died is taken over: at once when it
-was a process of this host, after CLAIM_STALE_S without a refresh otherwise. A data error is written to
-<unit id>.error, which every waiting process raises in turn.
+was a process of this host, after CLAIM_STALE_S without a refresh otherwise. A data error (bad content)
+is written to <unit id>.error, which every waiting process raises in turn; a file that could not be read
+(an OSError) is not, so the unit is tried again.
 Nodes that do not share the cache folder see no claims of the others, so each builds every unit itself.
 """
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data_readers import Unit, read_unit
+from trainer.data_readers import DataReadError, Unit, read_unit
 from trainer.data_sources import DataError
 
 CLAIM_STALE_S = 300.0
@@ -169,7 +170,21 @@ def _build_claimed(uid: str, unit: Unit, root: Path, claimed: Path, build) -> No
         if not is_done(root / uid):  # built between our look and our claim
             build(uid, unit, heartbeat)
     except DataError as e:
-        (root / f"{uid}.error").write_text(e.problems[0])
+        record_error(root / f"{uid}.error", e)
         raise
     finally:
         claimed.unlink(missing_ok=True)
+
+
+def record_error(error: Path, e: DataError) -> None:
+    """Leave a data error for the waiting processes to raise. It appears whole by one rename (a reader never
+    sees a half-written file); an I/O failure is not left, so that another process or a restart retries."""
+    if isinstance(e, DataReadError):
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{error.name}-", dir=error.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(e.problems[0])
+        os.replace(tmp, error)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -21,21 +21,19 @@ def data_files(path: str, key: str) -> list[Path]:
     return find(path, key)[1]
 
 
-def _has_records(file: Path) -> bool:
-    """Whether a file holds a record, from its first bytes (a .json array is not read whole)."""
-    if file.suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _has_records(file: Path, key: str) -> bool:
+    """Whether a file holds a record, from its first non-blank bytes (a one-line .json array is not read whole)."""
+    from trainer.data_readers import leading_bytes, reading
 
-        return pq.ParquetFile(file).metadata.num_rows > 0
-    with file.open() as f:
-        for line in f:
-            text = line.strip()
-            if file.suffix == ".json" and text.startswith("["):
-                rest = text[1:].strip() or next((t.strip() for t in f if t.strip()), "")
-                return not rest.startswith("]")
-            if text:
-                return True
-    return False
+    with reading(file, key):
+        if file.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(file).metadata.num_rows > 0
+        start = leading_bytes(file, 2)
+        if file.suffix == ".json" and start[:1] == b"[":
+            return start[1:] not in (b"", b"]")
+        return start != b""
 
 
 def check_data(cfg: TrainConfig) -> None:
@@ -51,8 +49,11 @@ def check_data(cfg: TrainConfig) -> None:
         except ConfigError as e:
             problems += e.problems
             continue
-        if not any(_has_records(f) for f in files):
-            problems.append(f"{key}: dataset {path} is empty")
+        try:
+            if not any(_has_records(f, key) for f in files):
+                problems.append(f"{key}: dataset {path} is empty")
+        except ConfigError as e:  # a file that cannot be read: one line naming it
+            problems += e.problems
     if problems:
         raise ConfigError(problems)
 

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,10 @@ def write_layout(shards: list[Path], target: Path, *, split: str, eval_fraction:
 class ShardRows:
     """The rows of a layout folder, for TokenData; pickles as its path (loader workers re-open it)."""
 
+    # Shards kept mapped at once, least recently used closed first: each costs a file descriptor and a
+    # mapping, and a large corpus has more shards than the fd limit or vm.max_map_count allow.
+    MAX_OPEN = 64
+
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.meta = json.loads((self.directory / "meta.json").read_text())
@@ -84,7 +89,7 @@ class ShardRows:
         for name in ARRAYS:
             setattr(self, name, np.load(self.directory / f"{name}.npy", mmap_mode="r"))
         self.units = [self.directory.parent / u for u in json.loads((self.directory / "units.json").read_text())]
-        self._maps: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._maps: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
 
     def __getstate__(self):
         return {"directory": self.directory, "meta": self.meta, "pad_id": self.pad_id, "chat": self.chat}
@@ -101,10 +106,14 @@ class ShardRows:
         return self.meta["seq_len"]
 
     def _shard(self, unit: int) -> tuple[np.ndarray, np.ndarray | None]:
-        if unit not in self._maps:
-            path = self.units[unit]
-            tokens = _memmap(path / "tokens.bin", np.int32)
-            self._maps[unit] = tokens, _memmap(path / "targets.bin", np.uint8) if self.chat else None
+        if unit in self._maps:
+            self._maps.move_to_end(unit)
+            return self._maps[unit]
+        while len(self._maps) >= self.MAX_OPEN:
+            self._maps.popitem(last=False)  # unmapped once no gathered piece still views it
+        path = self.units[unit]
+        tokens = _memmap(path / "tokens.bin", np.int32)
+        self._maps[unit] = tokens, _memmap(path / "targets.bin", np.uint8) if self.chat else None
         return self._maps[unit]
 
     def _piece(self, p: int):
