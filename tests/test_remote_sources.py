@@ -17,7 +17,7 @@ from launcher.model_shape import shape_of
 from launcher.spec import load_job
 from remote_fixtures import add_to_hub_cache, moto_server, s3, s3_env
 from trainer import object_store
-from trainer.checkpoint_mirror import Mirror
+from trainer.checkpoint_mirror import Mirror, MirrorError
 from trainer.config import ConfigError, TrainConfig
 from trainer.remote_sources import local_source, split_files
 from trainjobs import REPO, TINY_MODEL, llmlaunch, tiny_job
@@ -219,3 +219,111 @@ def test_aws_credentials_pass_only_through_cluster_secrets(name):
     assert env[name]["valueFrom"] == {"secretKeyRef": {"name": "s3-creds", "key": "k", "optional": False}}
     assert "value" not in env[name]
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
+
+
+@pytest.mark.s3
+def test_an_object_name_leading_outside_the_copy_is_refused_and_nothing_is_written(tmp_path, s3_environment):
+    fs = s3_environment
+    fs.mkdir("escape-test")
+    fs.pipe("escape-test/corpus/a.jsonl", b'{"text": "one"}\n')
+    fs.pipe("escape-test/corpus/../../../escaped.jsonl", b'{"text": "out"}\n')
+    assert "escape-test/corpus/../../../escaped.jsonl" in fs.find("escape-test/corpus/")  # the server keeps the name
+    root = tmp_path / "cache" / "remote"
+    with pytest.raises(ValueError) as refused:
+        object_store.materialize("s3://escape-test/corpus", "data.train", root)
+    assert str(refused.value) == ("data.train: s3://escape-test/corpus: odd object name "
+                                  "'escape-test/corpus/../../../escaped.jsonl'; nothing copied")
+    assert [p for p in tmp_path.rglob("*.jsonl")] == []
+
+
+@pytest.mark.s3
+def test_a_fresh_run_keeps_the_newer_mirrored_checkpoints(tmp_path, s3_environment):
+    s3_environment.mkdir("newer-test")
+    mirror = Mirror("s3://newer-test/run")
+    old_run, fresh_run = tmp_path / "old", tmp_path / "fresh"
+    mirror.push(old_run, _checkpoint(old_run, 300))
+    mirror.push(fresh_run, _checkpoint(fresh_run, 100))  # resume: false, same mirror
+    assert mirror.complete_steps() == ["step-000100", "step-000300"]
+    shutil.rmtree(fresh_run / "step-000100")  # pruned locally: the next push drops it from the mirror too
+    mirror.push(fresh_run, _checkpoint(fresh_run, 200))
+    assert mirror.complete_steps() == ["step-000200", "step-000300"]
+
+
+@pytest.mark.s3
+def test_a_step_pushed_again_and_cut_short_is_not_complete(tmp_path, s3_environment, monkeypatch):
+    s3_environment.mkdir("repush-test")
+    mirror = Mirror("s3://repush-test/run")
+    step = _checkpoint(tmp_path, 8)
+    mirror.push(tmp_path, step)
+    (step / "shards" / "w.pt").write_bytes(b"newer weights")
+    upload = mirror.fs.put_file
+
+    def connection_lost_at_the_marker(local, remote, *args, **kwargs):  # the real upload, cut before COMPLETE
+        if remote.endswith("/COMPLETE"):
+            raise ConnectionError("connection reset")
+        return upload(local, remote, *args, **kwargs)
+
+    monkeypatch.setattr(mirror.fs, "put_file", connection_lost_at_the_marker)
+    with pytest.raises(MirrorError, match="uploading step-000008/COMPLETE"):
+        mirror.push(tmp_path, step)
+    assert mirror.complete_steps() == []  # the old COMPLETE no longer vouches for the new, partial files
+
+
+def _checkpoint(root: Path, step: int) -> Path:
+    folder = root / f"step-{step:06d}"
+    (folder / "shards").mkdir(parents=True)
+    (folder / "shards" / "w.pt").write_bytes(step.to_bytes(2, "big") * 50)
+    (folder / "COMPLETE").write_text(json.dumps({"step": step}))
+    return folder
+
+
+@pytest.mark.s3
+def test_a_bucket_check_says_what_went_wrong(s3_environment, monkeypatch):
+    assert object_store.check_bucket("s3://no-bucket-test/run", "k") == [
+        "k: s3://no-bucket-test/run: no such bucket 'no-bucket-test'"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nobody listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries would only add seconds
+    problems = object_store.check_bucket("s3://no-bucket-test/run", "k")
+    assert len(problems) == 1 and problems[0].startswith("k: s3://no-bucket-test/run: ")
+    assert "no such bucket" not in problems[0] and "127.0.0.1:9" in problems[0], problems
+
+
+@pytest.mark.parametrize("url,problem", [
+    ("s3://AKIA:s3cr3t@bucket/x.jsonl", "s3://***@.../x.jsonl: an s3:// URL holds no credentials"),
+    ("s3://AKIA:s3cr3t/x.jsonl", "s3://***@.../x.jsonl: an s3:// URL holds no credentials"),
+    ("s3://My_Bucket/x.jsonl", "s3://My_Bucket/x.jsonl: bucket 'My_Bucket' is not an S3 bucket name"),
+    ("s3://ab/x.jsonl", "s3://ab/x.jsonl: bucket 'ab' is not an S3 bucket name"),
+    ("s3://-bucket/x.jsonl", "bucket '-bucket' is not an S3 bucket name"),
+])
+def test_a_bucket_name_follows_the_s3_rule_and_a_credential_is_never_echoed(url, problem):
+    with pytest.raises(ValueError) as refused:
+        object_store.split_url(url)
+    assert problem in str(refused.value) and "s3cr3t" not in str(refused.value)
+    assert len(str(refused.value).splitlines()) == 1
+    assert object_store.split_url("s3://my.bucket-1/a/b.jsonl") == ("my.bucket-1", "a/b.jsonl")
+
+
+@pytest.mark.s3
+def test_a_local_error_while_restoring_takes_the_path_every_rank_hears(tmp_path, s3_environment):
+    """An OSError on rank 0 becomes the broadcast failure (here in a 1-process gloo group), not a rank-0 exit
+    that would leave the other ranks waiting in the broadcast."""
+    import socket
+
+    import torch.distributed as dist
+
+    from trainer.checkpoint_mirror import restore
+
+    s3_environment.mkdir("restore-test")
+    mirror = Mirror("s3://restore-test/run")
+    mirror.push(tmp_path / "old", _checkpoint(tmp_path / "old", 4))
+    not_a_folder = tmp_path / "output-is-a-file"
+    not_a_folder.write_text("")  # the pull cannot create its folder there: an OSError
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeError, match=r"^train.run.checkpoint_mirror: .*output-is-a-file"):
+            restore(mirror, not_a_folder, 0)
+    finally:
+        dist.destroy_process_group()

@@ -6,7 +6,9 @@
 
 The mirror keeps checkpoint.py's layout: <url>/step-000050/<files>, with COMPLETE uploaded last, so a
 mirrored checkpoint without COMPLETE (an upload cut short) is never pulled. After each push the mirror
-holds the same checkpoints as the local directory (pruning applies to both: keep_last and the best).
+holds the local directory's checkpoints up to the pushed step (pruning applies to both: keep_last and the
+best); newer mirrored ones stay, so a run started afresh (resume: false, or a pulled checkpoint that failed its
+check) does not wipe them at its first save. A step pushed again is first removed from the mirror, COMPLETE too.
 A pulled checkpoint lands under a temporary name and is renamed into place after COMPLETE arrived, and
 resume.find then checks it against its manifest (sizes and SHA-256) like any local one.
 """
@@ -63,15 +65,22 @@ class Mirror:
         has. Returns the seconds it took."""
         start = time.perf_counter()
         remote = f"{self.base}/{step_dir.name}"
+        if step_dir.name in self.steps():  # an older upload of this step: its COMPLETE must not vouch for new files
+            self._call(f"replacing {step_dir.name}", self.fs.rm, remote, True)
         for name in checkpoint_files(step_dir):
             self._call(f"uploading {step_dir.name}/{name}", self.fs.put_file, str(step_dir / name), f"{remote}/{name}")
         self._call(f"uploading {step_dir.name}/{MARKER}", self.fs.put_file,
                    str(step_dir / MARKER), f"{remote}/{MARKER}")
-        local = {p.name for p in root.glob(f"{STEP_PREFIX}*") if (p / MARKER).is_file()}
-        for name in self.steps():  # pruned locally, or an upload cut short (no COMPLETE): gone from the mirror too
-            if name not in local:
-                self._call(f"pruning {name}", self.fs.rm, f"{self.base}/{name}", True)
+        self._prune_older(root, step_dir.name)
         return time.perf_counter() - start
+
+    def _prune_older(self, root: Path, pushed: str) -> None:
+        """Drop mirrored steps older than `pushed` that the local root no longer has (local pruning chose them,
+        or an upload was cut short). Newer ones stay: a run started afresh must not wipe a better mirror."""
+        local = {p.name for p in root.glob(f"{STEP_PREFIX}*") if (p / MARKER).is_file()}
+        for name in self.steps():
+            if name < pushed and name not in local:
+                self._call(f"pruning {name}", self.fs.rm, f"{self.base}/{name}", True)
 
     def pull_newest(self, root: Path) -> Path | None:
         """Download the newest complete mirrored checkpoint into root; its local path, or None if there is none."""
@@ -87,7 +96,7 @@ class Mirror:
         files = self._call("listing the mirror", self.fs.find, remote + "/")
         for path in sorted(files, key=lambda p: p.endswith(f"/{MARKER}")):  # COMPLETE last
             rel = path[len(remote) + 1:]
-            if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
+            if object_store.odd_object_name(rel):
                 raise MirrorError(f"{self.url}/{name}: odd object name {rel!r}")
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             self._call(f"downloading {name}/{rel}", self.fs.get_file, path, str(tmp / rel))
@@ -113,7 +122,7 @@ def restore(mirror: Mirror | None, root: Path, rank: int) -> None:
             pulled = mirror.pull_newest(root)
             outcome = [("ok", f"no local checkpoint; pulled {pulled.name} from the mirror {mirror.url}" if pulled
                         else f"no checkpoint here or in the mirror {mirror.url}: starting from step 0")]
-        except MirrorError as e:
+        except (MirrorError, OSError) as e:  # every rank must hear of it, or the others wait in the broadcast
             outcome = [("error", f"train.run.checkpoint_mirror: {e}")]
     dist.broadcast_object_list(outcome, src=0)
     if outcome[0] is not None:

@@ -16,10 +16,12 @@ import fcntl
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 S3_SCHEME = "s3://"
 SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")  # what data_sources reads; other objects are not copied
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's rule for bucket names
 log = logging.getLogger(__name__)
 
 
@@ -27,9 +29,20 @@ def split_url(url: str) -> tuple[str, str]:
     """(bucket, key-or-prefix) of s3://bucket/key; ValueError for anything else."""
     rest = url.removeprefix(S3_SCHEME).strip("/")
     bucket, _, key = rest.partition("/")
+    if url.startswith(S3_SCHEME) and ("@" in bucket or ":" in bucket):  # never echo what may be a credential
+        raise ValueError(f"{S3_SCHEME}***@.../{key}: an s3:// URL holds no credentials; pass them through "
+                         "cluster.secrets")
     if not url.startswith(S3_SCHEME) or not bucket or any(p in (".", "..") for p in key.split("/") if key):
         raise ValueError(f"{url}: an object store path is s3://bucket[/prefix]")
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise ValueError(f"{url}: bucket {bucket!r} is not an S3 bucket name (3-63 characters of a-z, 0-9, '.' "
+                         "and '-', starting and ending with a letter or digit)")
     return bucket, key
+
+
+def odd_object_name(rel: str) -> bool:
+    """A relative object name that would not stay inside the folder it is copied to ('..', '.' or '' parts)."""
+    return not rel or any(part in ("", ".", "..") for part in rel.split("/"))
 
 
 def filesystem():
@@ -78,10 +91,9 @@ def check(url: str, key: str) -> list[str]:
 def check_bucket(url: str, key: str) -> list[str]:
     """Problems with an s3:// location to write to (its bucket must exist)."""
     try:
-        split_url(url)
-        fs = filesystem()
-        if not fs.exists(split_url(url)[0]):
-            return [f"{key}: {url}: no such bucket {split_url(url)[0]!r}"]
+        filesystem().info(split_url(url)[0])  # head_bucket: raises what went wrong (exists() says False to all)
+    except FileNotFoundError:
+        return [f"{key}: {url}: no such bucket {split_url(url)[0]!r}"]
     except Exception as e:
         return [f"{key}: {describe_error(url, e)}"]
     return []
@@ -100,6 +112,9 @@ def materialize(url: str, key: str, root: Path) -> Path:
         raise ValueError(f"{key}: {url}: no {'/'.join(SUFFIXES)} objects")
     base = f"{bucket}/{prefix}".rstrip("/")
     single = list(found) == [base]  # the URL names one object
+    for name in found if not single else ():  # a listed name must not lead outside the copy
+        if odd_object_name(name[len(base) + 1:]):
+            raise ValueError(f"{key}: {url}: odd object name {name!r}; nothing copied")
     local = root / "s3" / base
     local.parent.mkdir(parents=True, exist_ok=True)
     record_path = local.parent / f".{local.name}.objects.json"
