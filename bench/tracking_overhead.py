@@ -2,9 +2,9 @@
 
     PYTHONPATH=. python bench/tracking_overhead.py [--steps 200] [--mlflow-uri http://127.0.0.1:5000]
 
-Drives trainer.tracking.Trackers the way RunLog.flush does (one metrics.jsonl record per log step, 11
-scalars), one backend at a time, and reports the wall time of the log call (median and p95, milliseconds),
-plus start and finish. TensorBoard and W&B (offline) run here; MLflow only with --mlflow-uri (a running
+Drives trainer.tracking.Trackers the way RunLog.flush does (one metrics.jsonl record per log step, 9
+scalars, 10 on eval steps), one backend at a time, and reports the wall time of the log call (median and p95,
+milliseconds), plus start and finish. TensorBoard and W&B (offline) run here; MLflow only with --mlflow-uri (a running
 server, e.g. `mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db`).
 """
 

@@ -279,3 +279,22 @@ def test_an_unwritable_tracking_json_costs_one_warning_and_logging_goes_on(tmp_p
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith("[llmlaunch] warning: tracking.json not updated"), warnings
     assert [row["step"] for row in history(offline_runs(out)[0])] == [1, 2, 3]
+
+
+def test_an_unwritable_tracking_json_at_start_costs_one_warning_and_logging_goes_on(tmp_path, capsys):
+    from trainer.config import TrainConfig
+    from trainer.tracking import Trackers
+
+    out = tmp_path / "out"
+    cfg = TrainConfig.model_validate({
+        "model": {"config": {"model_type": "llama"}, "tokenizer": "tok"}, "data": {"train": "x.jsonl"},
+        "run": {"output_dir": str(out), "max_steps": 2},
+        "tracking": {"wandb": {"project": "llmlaunch-tests", "mode": "offline"}}})
+    (out / "tracking.tmp").mkdir(parents=True)  # the first save, in start(), cannot write either
+    trackers = Trackers.start(cfg, out, {}, step=0, is_main=True)
+    for step in (1, 2):
+        trackers.log({"step": step, "time": 0.0, "loss": 1.0 / step})
+    trackers.finish()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("[llmlaunch] warning: tracking.json not updated"), warnings
+    assert [row["step"] for row in history(offline_runs(out)[0])] == [1, 2]

@@ -5,7 +5,8 @@ the same names (loss, eval_loss, lr, grad_norm, tokens_per_s, mfu, ...). Each ba
 only when its section is set. A tracker that fails, at start or later (its server gone), prints one warning
 line and is dropped; training never stops for one.
 
-A resumed run continues the same tracker runs: the run ids live in <output_dir>/tracking.json. The steps between
+A resumed run continues the same tracker runs: the run ids live in <output_dir>/tracking.json (not mirrored: a
+run restored from run.checkpoint_mirror onto a new volume starts new tracker runs). The steps between
 the checkpoint and the crash are trained and logged again; no tracker run ever holds two points of one step:
   TensorBoard  SummaryWriter(purge_step=step + 1): TensorBoard itself drops the earlier events of those steps,
                so it shows the replay's values, as metrics.jsonl does (the trainer drops its replayed records).
@@ -187,7 +188,7 @@ class Trackers:
             except Exception as e:  # noqa: BLE001 - any failure of a tracker is the tracker's, not the run's
                 warn(f"{name} tracking did not start ({one_line(e)}); training goes on without it")
         trackers = cls(out, started, state)
-        trackers.save()
+        trackers.save_or_warn()
         if started:
             skipping = [f"{t.name} after step {trackers.logged_step(t)}" for t in started if trackers.logged_step(t)]
             note = f" (resumed: logging {', '.join(skipping)})" if skipping else ""
@@ -206,6 +207,16 @@ class Trackers:
         tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
 
+    def save_or_warn(self) -> None:
+        """save(), where a failure (a full volume) is one warning: training goes on, a resume may then start new
+        tracker runs or log a few steps again."""
+        try:
+            self.save()
+        except OSError as e:
+            if not self.save_failed:
+                warn(f"{STATE_FILE} not updated ({one_line(e)}); training goes on")
+            self.save_failed = True
+
     def log(self, record: dict | None) -> None:
         if not self.trackers or record is None:
             return
@@ -218,12 +229,7 @@ class Trackers:
                 self.state.setdefault(tracker.name, {})["logged_step"] = step
                 advanced = True
         if advanced:
-            try:
-                self.save()  # one small file per log step (every run.log_every steps): 0.3 ms median here
-            except OSError as e:  # a full volume: training goes on, a resume may then log a few steps again
-                if not self.save_failed:
-                    warn(f"{STATE_FILE} not updated ({one_line(e)}); training goes on")
-                self.save_failed = True
+            self.save_or_warn()  # one small file per log step (every run.log_every steps): 0.3 ms median here
 
     def finish(self, status: str = "FINISHED") -> None:
         """status: FINISHED, KILLED (stopped by SIGTERM, to be resumed) or FAILED."""
