@@ -95,3 +95,17 @@ def test_a_record_becomes_the_same_scalars_and_a_section_dotted_params():
                     "model": {"config": None}, "deepspeed": {"overrides": {}}, "x": "y" * 7000}) == {
         "run.max_steps": "8", "run.output_dir": "out", "optim.betas": "[0.9, 0.95]", "model.config": "null",
         "deepspeed.overrides": "{}", "x": "y" * 6000}
+
+
+@pytest.mark.parametrize("sections,fragment", [
+    ({"data": {"train": "s3://AKIA:s3cr3t@bucket/x.jsonl"}}, "train.data.train: s3://***@.../x.jsonl: an s3:// URL "
+     "holds no credentials"),
+    ({"run": {"checkpoint_mirror": "s3://AKIA:s3cr3t@bucket/run"}}, "train.run.checkpoint_mirror: s3://***@.../run"),
+    ({"data": {"train": "s3://Bad_Bucket/x.jsonl"}}, "bucket 'Bad_Bucket' is not an S3 bucket name"),
+])
+def test_an_s3_url_with_a_credential_or_a_bad_bucket_is_refused_in_one_line(tmp_path, sections, fragment):
+    result = run("validate", str(tiny_job(tmp_path, **sections)))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+    assert "s3cr3t" not in result.output + result.stderr  # never echoed back

@@ -7,6 +7,7 @@ Shared by trainer/config.py (the `train` section) and the launcher's `cluster` m
 from __future__ import annotations
 
 import functools
+import re
 import types
 import typing
 from typing import Annotated, Any
@@ -55,6 +56,14 @@ class Section(BaseModel):
         return refuse_bool_numbers(cls, value, info.field_name)
 
 
+USERINFO = re.compile(r"(://)[^/@\s'\"]*@")
+
+
+def _without_userinfo(text: str) -> str:
+    """A URL's user:password@ part is never echoed back into a terminal or a CI log."""
+    return USERINFO.sub(r"\1***@", text)
+
+
 def describe_validation_error(exc: Exception, prefix: str = "") -> list[str]:
     """Pydantic errors as lines like `train.run.micro_batch_size: must be >= 1 (got 0)`."""
     from pydantic import ValidationError
@@ -70,6 +79,6 @@ def describe_validation_error(exc: Exception, prefix: str = "") -> list[str]:
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and not isinstance(err["input"], dict):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {_without_userinfo(repr(err['input']))})"
         lines.append(f"{path}: {msg}" if path else msg)
     return lines
