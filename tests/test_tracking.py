@@ -272,7 +272,7 @@ def test_an_unwritable_tracking_json_costs_one_warning_and_logging_goes_on(tmp_p
         "run": {"output_dir": str(out), "max_steps": 3},
         "tracking": {"wandb": {"project": "llmlaunch-tests", "mode": "offline"}}})
     trackers = Trackers.start(cfg, out, {}, step=0, is_main=True)
-    (out / "tracking.tmp").mkdir()  # where the atomic rewrite writes first: now it cannot
+    (out / ".tracking.json.tmp").mkdir()  # where the atomic rewrite writes first: now it cannot
     for step in (1, 2, 3):
         trackers.log({"step": step, "time": 0.0, "loss": 1.0 / step})
     trackers.finish()
@@ -290,7 +290,7 @@ def test_an_unwritable_tracking_json_at_start_costs_one_warning_and_logging_goes
         "model": {"config": {"model_type": "llama"}, "tokenizer": "tok"}, "data": {"train": "x.jsonl"},
         "run": {"output_dir": str(out), "max_steps": 2},
         "tracking": {"wandb": {"project": "llmlaunch-tests", "mode": "offline"}}})
-    (out / "tracking.tmp").mkdir(parents=True)  # the first save, in start(), cannot write either
+    (out / ".tracking.json.tmp").mkdir(parents=True)  # the first save, in start(), cannot write either
     trackers = Trackers.start(cfg, out, {}, step=0, is_main=True)
     for step in (1, 2):
         trackers.log({"step": step, "time": 0.0, "loss": 1.0 / step})

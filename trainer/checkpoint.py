@@ -30,6 +30,7 @@ from trainer.checkpoint_manifest import MARKER, checkpoint_files, describe, shar
 from trainer.checkpoint_state import encode as encode_loop_state
 from trainer.checkpoint_state import loop_file
 from trainer.failpoints import failpoint
+from trainer.files import atomic_write
 
 log = logging.getLogger("llmlaunch.trainer")
 
@@ -46,12 +47,6 @@ def complete_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.glob("step-*") if (p / MARKER).is_file())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class SaveFailed(Exception):
@@ -75,7 +70,7 @@ def save(engine, root: Path, step: int, loop_state: dict[str, Any], *, keep_last
     error = None
     try:
         engine.save_checkpoint(str(root), tag=target.name, client_state=UNIVERSAL_INFO)
-        _atomic_write(loop_file(target, rank), encode_loop_state(loop_state))
+        atomic_write(loop_file(target, rank), encode_loop_state(loop_state))
         failpoint("checkpoint", step)
     except OSError as e:  # full or vanished volume, permissions: this rank's part is missing
         error = f"rank {rank}: {e}"
@@ -91,7 +86,7 @@ def save(engine, root: Path, step: int, loop_state: dict[str, Any], *, keep_last
         files = {name: entry for part in parts for name, entry in part.items()}
         meta = {"step": step, "world_size": world, "micro_batch_size": micro_batch_size, "time": time.time(),
                 "files": files}
-        _atomic_write(target / MARKER, json.dumps(meta, indent=1, sort_keys=True).encode())
+        atomic_write(target / MARKER, json.dumps(meta, indent=1, sort_keys=True).encode())
         prune(root, keep_last, protect)
     dist.barrier()
     return time.perf_counter() - start

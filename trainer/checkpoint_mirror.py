@@ -94,7 +94,7 @@ class Mirror:
         tmp.mkdir(parents=True)
         remote = f"{self.base}/{name}"
         files = self._call("listing the mirror", self.fs.find, remote + "/")
-        for path in sorted(files, key=lambda p: p.endswith(f"/{MARKER}")):  # COMPLETE last
+        for path in files:  # any order: nothing is visible before the folder is renamed into place below
             rel = path[len(remote) + 1:]
             if object_store.odd_object_name(rel):
                 raise MirrorError(f"{self.url}/{name}: odd object name {rel!r}")

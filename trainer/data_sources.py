@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.config import ConfigError
+from trainer.errors import ConfigError  # not trainer.config: object_store.py takes BUILDERS, and stays light
 
 # file suffix -> reader kind
 BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}

@@ -13,3 +13,8 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its class name when the message is empty)."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.files import atomic_write
+
 
 @dataclass(frozen=True)
 class Failpoint:
@@ -74,9 +76,7 @@ def _claim(point: Failpoint) -> bool:
     record = {"point": point.name, "step": point.step, "action": point.action, "rank": int(os.environ.get("RANK", 0)),
               "node": int(os.environ.get("GROUP_RANK", 0)), "pod": int(os.environ.get("PET_NODE_RANK", 0)),
               "pid": os.getpid(), "time": time.time()}
-    tmp = directory / f".{point.marker}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, directory / f"{point.marker}.json")
+    atomic_write(directory / f"{point.marker}.json", json.dumps(record))
     return True
 
 

@@ -19,8 +19,12 @@ import os
 import re
 from pathlib import Path
 
+from trainer.data_sources import BUILDERS
+from trainer.errors import first_line
+from trainer.files import atomic_write
+
 S3_SCHEME = "s3://"
-SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")  # what data_sources reads; other objects are not copied
+SUFFIXES = tuple(BUILDERS)  # what data_sources reads; other objects are not copied
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's rule for bucket names
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ def filesystem():
 
 def describe_error(url: str, error: BaseException) -> str:
     """One line for a failed call: a missing bucket, a missing key, or what botocore said."""
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = first_line(error)
     if "bucket does not exist" in text or "NoSuchBucket" in text:
         return f"{url}: no such bucket {split_url(url)[0]!r}"
     if isinstance(error, FileNotFoundError):
@@ -155,9 +159,7 @@ def _read_record(path: Path) -> dict[str, list]:
 
 
 def _write_record(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(record, indent=1, sort_keys=True))
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from trainer import hub_cache, object_store
 from trainer.config import ConfigError
+from trainer.errors import first_line
 
 DATA_SUFFIXES = object_store.SUFFIXES
 EVAL_SPLITS = ("validation", "test")  # data.eval without a path: the first of these the repository has
@@ -51,17 +52,22 @@ def check_remote(path: str, key: str) -> list[str]:
     """Problems found without downloading: the bucket and objects exist; offline, the hub repository is cached."""
     if path.startswith(object_store.S3_SCHEME):
         return object_store.check(path, key)
-    hub = hub_cache.parse_hub_data(path)
+    problem = _not_cached(path, hub_cache.parse_hub_data(path), key)
+    return [problem] if problem else []
+
+
+def _not_cached(url: str, hub: hub_cache.HubData, key: str) -> str | None:
+    """The problem with hub data `url` (parsed: `hub`) when offline and not in the cache; None otherwise."""
     if hub_cache.offline() and hub_cache.cached_snapshot("dataset", hub.repo_id, hub.revision) is None:
-        return [f"{key}: " + hub_cache.not_cached_message(path, "dataset", hub.repo_id, hub.revision)]
-    return []
+        return f"{key}: " + hub_cache.not_cached_message(url, "dataset", hub.repo_id, hub.revision)
+    return None
 
 
 def hub_files(url: str, key: str, root: Path, split: str) -> Path:
     """The folder of links to the data files `url` selects in its cached snapshot (downloaded when online)."""
     hub = hub_cache.parse_hub_data(url)
-    if hub_cache.offline() and hub_cache.cached_snapshot("dataset", hub.repo_id, hub.revision) is None:
-        raise ValueError(f"{key}: " + hub_cache.not_cached_message(url, "dataset", hub.repo_id, hub.revision))
+    if problem := _not_cached(url, hub, key):
+        raise ValueError(problem)
     snapshot = _snapshot(hub, key)
     names = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*")
                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(snapshot).parts))
@@ -93,8 +99,7 @@ def _snapshot(hub: hub_cache.HubData, key: str) -> Path:
                                       cache_dir=hub_cache.cache_dir(), allow_patterns=patterns,
                                       local_files_only=hub_cache.offline()))
     except Exception as e:  # huggingface_hub raises one class per HTTP outcome; its first line says which
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{key}: cannot fetch {hub.url} ({type(e).__name__}: {text})") from e
+        raise ValueError(f"{key}: cannot fetch {hub.url} ({type(e).__name__}: {first_line(e)})") from e
 
 
 def _select(names: list[str], hub: hub_cache.HubData, key: str, split: str, url: str) -> tuple[list[str], str]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import TrainConfig
+from trainer.files import atomic_write
 
 # {"mlflow": {"run_id", "tracking_uri", "logged_step"}, "wandb": {"run_id", "logged_step"}}
 STATE_FILE = "tracking.json"
@@ -203,9 +204,7 @@ class Trackers:
         """tracking.json, replaced atomically: a killed process leaves the old or the new file, never half of one."""
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(self.state, indent=2, sort_keys=True) + "\n")
 
     def save_or_warn(self) -> None:
         """save(), where a failure (a full volume) is one warning: training goes on, a resume may then start new
