@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from trainer.packing import TokenData, for_attention, pack_documents  # noqa: E402
+from trainer.row_layout import ArrayRows  # noqa: E402
 
 
 def llama(attn: str, device: str, dtype, layers: int = 2, hidden: int = 128, vocab: int = 1000):
@@ -40,7 +41,7 @@ def llama(attn: str, device: str, dtype, layers: int = 2, hidden: int = 128, voc
 def packed_batch(lengths: list[int], seq_len: int, vocab: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     docs = [(rng.integers(3, vocab, n).astype(np.int32), np.ones(n, bool)) for n in lengths]
-    data = TokenData(pack_documents(docs, seq_len, pad_id=0), packed=True, pad_id=0, shuffle=False)
+    data = TokenData(ArrayRows(pack_documents(docs, seq_len, pad_id=0)), packed=True, pad_id=0, shuffle=False)
     return docs, data
 
 
@@ -49,16 +50,17 @@ def equivalence(attn: str, device: str) -> float:
     docs, data = packed_batch([11, 17, 9, 20, 30, 25, 5, 40, 13], 64, 1000, seed=1)
     model = llama(attn, device, torch.float32).eval()
     rows = [np.arange(len(data))] if attn != "flash_attention_2" else [np.array([r]) for r in range(len(data))]
+    tokens, _, docs_of = data.rows.gather(np.arange(len(data)), data.seq_len)
     worst = 0.0
     with torch.no_grad():
         for picked in rows:
             batch = {k: v.to(device) for k, v in data[picked].items()}
             logits = model(**for_attention(batch, attn, torch.float32)).logits
             for i, row in enumerate(picked):
-                doc_ids = data.docs[row]
+                doc_ids = docs_of[row]
                 for number in range(int(doc_ids.max()) + 1):
                     cols = np.flatnonzero(doc_ids == number)
-                    ids = torch.as_tensor(data.tokens[row, cols], dtype=torch.long, device=device)[None]
+                    ids = torch.as_tensor(tokens[row, cols], dtype=torch.long, device=device)[None]
                     alone = model(input_ids=ids).logits[0]
                     worst = max(worst, (logits[i, cols[0] : cols[-1] + 1] - alone).abs().max().item())
     return worst

@@ -13,6 +13,7 @@ from trainer.config import TrainConfig
 from trainer.data import build_data, load_tokenizer, tokenize_chat
 from trainer.length_groups import BUCKET_STEPS, PAD_MULTIPLE, batch_width, group_by_length, row_lengths
 from trainer.packing import TokenData, for_attention, pack_documents, pad_documents
+from trainer.row_layout import ArrayRows
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "data" / "tiny"
@@ -23,7 +24,7 @@ def grouped_data(lengths, seq_len=64, grouped=True, workers=0):
     docs = documents(lengths, seed=1)
     for row, (ids, _) in enumerate(docs):
         ids[:2] = (3 + row // 90, 3 + row % 90)
-    return TokenData(pad_documents(docs, seq_len, pad_id=0), packed=False, pad_id=0, shuffle=True,
+    return TokenData(ArrayRows(pad_documents(docs, seq_len, pad_id=0)), packed=False, pad_id=0, shuffle=True,
                      num_workers=workers, group_by_length=grouped)
 
 
@@ -109,7 +110,7 @@ def test_batch_width_and_row_lengths():
 
 def test_trimmed_batches_keep_the_loss_and_the_masks():
     docs = documents([5, 12, 3, 9])
-    data = TokenData(pad_documents(docs, 32, pad_id=0), packed=False, pad_id=0, shuffle=False)
+    data = TokenData(ArrayRows(pad_documents(docs, 32, pad_id=0)), packed=False, pad_id=0, shuffle=False)
     batch = data[np.arange(4)]
     assert batch["input_ids"].shape == (4, 16)  # longest 12 -> 16, not seq_len 32
     assert batch["position_ids"][0].tolist() == list(range(16))
@@ -190,10 +191,10 @@ def test_packed_chat_is_padding_free_and_learns_only_assistant_turns():
     ]
     docs = tokenize_chat(tokenizer, conversations, "data.train")
     total = sum(len(ids) for ids, _ in docs)
-    data = TokenData(pack_documents(docs, total, pad_id=tokenizer.pad_token_id), packed=True,
+    data = TokenData(ArrayRows(pack_documents(docs, total, pad_id=tokenizer.pad_token_id)), packed=True,
                      pad_id=tokenizer.pad_token_id, shuffle=False)
     batch = data[np.array([0])]
-    assert batch["input_ids"].shape == (1, total) and (data.docs[0] >= 0).all()  # not one padding token
+    assert batch["input_ids"].shape == (1, total) and (batch["docs"] >= 0).all()  # not one padding token
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model = tiny_llama_vocab(len(tokenizer))
     with torch.no_grad():

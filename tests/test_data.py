@@ -38,11 +38,17 @@ def write_jsonl(path: Path, records) -> Path:
     return path
 
 
+def all_tokens(data) -> np.ndarray:
+    """The token ids of every row of a built TokenData, [rows, seq_len]."""
+    return data.rows.gather(np.arange(len(data)), data.seq_len)[0]
+
+
 def documents_of(data) -> list[list[int]]:
     """Token ids of each document in a built TokenData (packed or padded)."""
     docs = []
+    tokens, _, numbers_of = data.rows.gather(np.arange(len(data)), data.seq_len)
     for row in range(len(data)):
-        ids, numbers = np.asarray(data.tokens[row]), np.asarray(data.docs[row])
+        ids, numbers = np.asarray(tokens[row]), np.asarray(numbers_of[row])
         for number in np.unique(numbers[numbers >= 0]):
             docs.append(ids[numbers == number].tolist())
     return docs
@@ -120,8 +126,9 @@ def test_chat_labels_cover_exactly_the_assistant_turns(tmp_path, tokenizer):
     cfg = make_cfg(write_jsonl(tmp_path / "chat.jsonl", records), format="chat", seq_len=256)
     data = build_data(cfg, tokenizer, split="train", packing=False, cache_dir=tmp_path / "c")
     assert len(data) == len(records)
+    tokens, targets_of, _ = data.rows.gather(np.arange(len(data)), data.seq_len)
     for row, record in enumerate(records):
-        ids, targets = np.asarray(data.tokens[row]), np.asarray(data.targets[row])
+        ids, targets = np.asarray(tokens[row]), np.asarray(targets_of[row])
         # group consecutive labelled tokens into turns
         turns, current = [], []
         for token, target in zip(ids.tolist(), targets.tolist(), strict=True):
@@ -146,7 +153,7 @@ def test_cache_is_reused_and_invalidated_by_data_and_seq_len(tmp_path, tokenizer
     cache = tmp_path / "cache"
     first = build_data(make_cfg(source, seq_len=256), tokenizer, split="train", packing=True, cache_dir=cache)
     second = build_data(make_cfg(source, seq_len=256), tokenizer, split="train", packing=True, cache_dir=cache)
-    assert len(calls) == 1 and np.array_equal(first.tokens, second.tokens)
+    assert len(calls) == 1 and np.array_equal(all_tokens(first), all_tokens(second))
     short = build_data(make_cfg(source, seq_len=128), tokenizer, split="train", packing=True, cache_dir=cache)
     padded = build_data(make_cfg(source, seq_len=256), tokenizer, split="train", packing=False, cache_dir=cache)
     assert len(calls) == 1 and short.seq_len == 128 and not padded.packed and len(padded) == len(TEXTS)
@@ -163,7 +170,7 @@ def _build_in_process(source, cache, barrier, results):
     tok = load_tokenizer(make_cfg(source).model)
     barrier.wait()  # all start building at once
     data = build_data(make_cfg(source), tok, split="train", packing=True, cache_dir=Path(cache))
-    results.put((len(calls), np.asarray(data.tokens).tolist()))
+    results.put((len(calls), np.asarray(all_tokens(data)).tolist()))
 
 
 def test_concurrent_builders_share_one_cache_entry(tmp_path):

@@ -109,11 +109,14 @@ def test_attention_term_follows_the_documents_not_seq_len():
 def test_packed_data_reports_its_attention_length():
     from test_packing import documents
     from trainer.packing import TokenData, pack_documents, pad_documents
+    from trainer.row_layout import ArrayRows
 
     # pieces 5+3 | 8 (of 12) | 4 + padding | 2+6: (25 + 9 + 64 + 16 + 4 + 36) / 28 = 5.5
-    packed = TokenData(pack_documents(documents([5, 3, 12, 2, 6]), 8, pad_id=0), packed=True, pad_id=0, shuffle=False)
+    packed = TokenData(ArrayRows(pack_documents(documents([5, 3, 12, 2, 6]), 8, pad_id=0)), packed=True, pad_id=0,
+                       shuffle=False)
     assert packed.attention_length == pytest.approx(154 / 28)
-    padded = TokenData(pad_documents(documents([5, 3, 12]), 8, pad_id=0), packed=False, pad_id=0, shuffle=False)
+    padded = TokenData(ArrayRows(pad_documents(documents([5, 3, 12]), 8, pad_id=0)), packed=False, pad_id=0,
+                       shuffle=False)
     assert padded.attention_length == pytest.approx((25 + 9 + 64) / 16)  # 12 truncated to 8
 
 

@@ -8,6 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from trainer.packing import TokenData, for_attention, pack_documents, pad_documents
+from trainer.row_layout import ArrayRows
 
 VOCAB = 100
 
@@ -39,9 +40,10 @@ def token_losses(logits, ids):
 def rows_of(data: TokenData, docs) -> list[list[tuple[int, int]]]:
     """Per packed row, (document index, start column) of each document, from the row's tokens."""
     ids = [d[0].tolist() for d in docs]
+    all_tokens, _, all_docs = data.rows.gather(np.arange(len(data)), data.seq_len)
     out = []
     for row in range(len(data)):
-        tokens, doc_ids = data.tokens[row].tolist(), data.docs[row]
+        tokens, doc_ids = all_tokens[row].tolist(), all_docs[row]
         out.append([])
         for number in range(int(doc_ids.max()) + 1):
             start = int(np.argmax(doc_ids == number))
@@ -54,7 +56,7 @@ def rows_of(data: TokenData, docs) -> list[list[tuple[int, int]]]:
 def test_packed_micro_batches_give_the_same_logits_and_loss_as_each_document_alone(attn):
     # 3 rows of 64: several documents each, padding at the end of some rows, a micro batch > 1.
     docs = documents([11, 17, 9, 20, 30, 25, 5, 40, 13], seed=1)
-    data = TokenData(pack_documents(docs, 64, pad_id=0), packed=True, pad_id=0, shuffle=False)
+    data = TokenData(ArrayRows(pack_documents(docs, 64, pad_id=0)), packed=True, pad_id=0, shuffle=False)
     assert len(data) == 3
     batch = data[np.arange(3)]
     assert "attention_mask" not in batch and batch["docs"].shape == (3, 64)  # no host-built [B, 1, T, T] mask
@@ -76,7 +78,7 @@ def test_packed_micro_batches_give_the_same_logits_and_loss_as_each_document_alo
 def test_position_ids_alone_let_packed_documents_see_each_other():
     """Why the 4D mask exists: restarting position ids with no mask or a 2D mask leak across documents."""
     docs = documents([11, 17, 9])
-    data = TokenData(pack_documents(docs, 37, pad_id=0), packed=True, pad_id=0, shuffle=False)
+    data = TokenData(ArrayRows(pack_documents(docs, 37, pad_id=0)), packed=True, pad_id=0, shuffle=False)
     batch = for_attention(data[np.array([0])], "sdpa", torch.float32)
     model = tiny_llama()
     second = slice(11, 28)
@@ -93,7 +95,8 @@ def test_position_ids_alone_let_packed_documents_see_each_other():
 
 def test_eager_attention_gets_an_additive_mask():
     docs = documents([11, 17, 9])
-    batch = TokenData(pack_documents(docs, 40, pad_id=0), packed=True, pad_id=0, shuffle=False)[np.array([0])]
+    packed = TokenData(ArrayRows(pack_documents(docs, 40, pad_id=0)), packed=True, pad_id=0, shuffle=False)
+    batch = packed[np.array([0])]
     model = tiny_llama("eager")
     adapted = for_attention(batch, "eager", torch.float32)
     assert adapted["attention_mask"].dtype == torch.float32
@@ -104,14 +107,15 @@ def test_eager_attention_gets_an_additive_mask():
     torch.testing.assert_close(logits[11:28], alone(model, docs[1][0]), atol=1e-5, rtol=1e-5)
     assert (wrong[11:28] - alone(model, docs[1][0])).abs().max() > 1e-2
     assert set(for_attention(batch, "flash_attention_2", torch.float32)) == {"input_ids", "labels", "position_ids"}
-    padded = TokenData(pad_documents(docs, 40, pad_id=0), packed=False, pad_id=0, shuffle=False)[np.arange(3)]
+    unpacked = TokenData(ArrayRows(pad_documents(docs, 40, pad_id=0)), packed=False, pad_id=0, shuffle=False)
+    padded = unpacked[np.arange(3)]
     assert for_attention(padded, "eager", torch.float32) is padded  # a 2D mask serves every kernel
 
 
 def test_packed_rows_keep_documents_whole_restart_positions_and_mask_first_tokens():
     docs = documents([5, 3, 12, 2, 6])
     arrays = pack_documents(docs, 8, pad_id=0)  # 28 tokens; best fit: [5+3], [12 cut: 8], [4 + pad], [2+6]
-    data = TokenData(arrays, packed=True, pad_id=0, shuffle=False)
+    data = TokenData(ArrayRows(arrays), packed=True, pad_id=0, shuffle=False)
     assert len(data) == 4
     batch = data[np.arange(4)]
     ids = [d[0].tolist() for d in docs]
@@ -153,7 +157,7 @@ def test_best_fit_fills_rows_and_places_every_piece_once():
 
 def test_padded_rows_one_document_each_truncated():
     docs = documents([5, 12, 3])
-    data = TokenData(pad_documents(docs, 8, pad_id=0), packed=False, pad_id=0, shuffle=False)
+    data = TokenData(ArrayRows(pad_documents(docs, 8, pad_id=0)), packed=False, pad_id=0, shuffle=False)
     batch = data[np.arange(3)]
     assert batch["attention_mask"].tolist()[0] == [1] * 5 + [0] * 3
     assert batch["attention_mask"][1].sum() == 8  # truncated to seq_len
@@ -168,13 +172,14 @@ def test_padded_rows_one_document_each_truncated():
 
 def plan_data(rows=103, shuffle=True, workers=0):
     docs = documents([4] * rows)
-    return TokenData(pad_documents(docs, 4, pad_id=0), packed=False, pad_id=0, shuffle=shuffle,
+    return TokenData(ArrayRows(pad_documents(docs, 4, pad_id=0)), packed=False, pad_id=0, shuffle=shuffle,
                      num_workers=workers)
 
 
 def rows_seen(data, epoch, world, mbs, seed, start=0):
     """Row numbers each rank sees, recovered from the batches' first token (unique per row here)."""
-    first_token = {int(data.tokens[r, 0]) * 1000 + int(data.tokens[r, 1]): r for r in range(len(data))}
+    tokens = data.rows.gather(np.arange(len(data)), data.seq_len)[0]
+    first_token = {int(tokens[r, 0]) * 1000 + int(tokens[r, 1]): r for r in range(len(data))}
     seen = []
     for rank in range(world):
         batches = data.iter_batches(epoch, start, rank=rank, world_size=world, micro_batch_size=mbs, seed=seed)

@@ -77,25 +77,12 @@ class TokenData(torch.utils.data.Dataset):
     Indexing by a micro batch's row numbers gives its batch dict, so a DataLoader can collate in workers.
     """
 
-    def __init__(self, rows: ArrayRows | ShardRows | dict, *, packed: bool, pad_id: int, shuffle: bool,
+    def __init__(self, rows: ArrayRows | ShardRows, *, packed: bool, pad_id: int, shuffle: bool,
                  num_workers: int = 0, group_by_length: bool = False):
-        self.rows = ArrayRows(rows) if isinstance(rows, dict) else rows
+        self.rows = rows
         self.packed, self.pad_id, self.shuffle, self.num_workers = packed, pad_id, shuffle, num_workers
         self.group_by_length = group_by_length and not packed and shuffle  # eval keeps file order
         self._lengths: np.ndarray | None = None
-
-    @property
-    def tokens(self) -> _Column:
-        """Rows as an array-like view, for inspection (data.tokens[row]); batches gather all three at once."""
-        return _Column(self, 0)
-
-    @property
-    def targets(self) -> _Column:
-        return _Column(self, 1)
-
-    @property
-    def docs(self) -> _Column:
-        return _Column(self, 2)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -196,27 +183,6 @@ class TokenData(torch.utils.data.Dataset):
 
     def __getstate__(self):
         return dict(self.__dict__, _lengths=None)  # workers only build batches: no need for every length
-
-
-class _Column:
-    """One of tokens / targets / docs of a TokenData as an array-like: [rows], [rows, columns], np.asarray."""
-
-    def __init__(self, data: TokenData, which: int):
-        self.data, self.which = data, which
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return len(self.data), self.data.seq_len
-
-    def __getitem__(self, index):
-        rows, columns = index if isinstance(index, tuple) else (index, slice(None))
-        picked = np.arange(len(self.data))[rows]
-        gathered = self.data.rows.gather(np.atleast_1d(picked), self.data.seq_len)[self.which]
-        return gathered[0 if np.ndim(picked) == 0 else slice(None), columns]
-
-    def __array__(self, dtype=None, copy=None):
-        whole = self[:]
-        return whole if dtype is None else whole.astype(dtype)
 
 
 def _loader_context():
