@@ -48,7 +48,8 @@ def cfg_of(folder: Path, **data):
 
 
 def arrays(data) -> tuple:
-    return tuple(np.asarray(getattr(data, name)) for name in ("tokens", "targets", "docs"))
+    """(tokens, targets, document numbers) of every row of a built TokenData, each [rows, seq_len]."""
+    return data.rows.gather(np.arange(len(data)), data.seq_len)
 
 
 def _prepare(folder, cache, rank, world, options, barrier, results):
@@ -167,11 +168,14 @@ def test_a_stale_claim_is_taken_over_and_a_live_one_waited_for(tmp_path, tokeniz
     monkeypatch.setattr(shards, "CLAIM_STALE_S", 60.0)
     data = build_data(cfg_of(folder), tokenizer, split="train", packing=True, cache_dir=cache)
     assert len(data) > 0 and not claim.exists()
-    assert shards.claim(claim) and not shards.claim(claim)  # a live process's fresh claim is not taken over
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    claim.write_text(f"{socket.gethostname()} {dead.pid}\n")  # a restarted worker's predecessor
-    assert shards.claim(claim) and claim.read_text().split() == [socket.gethostname(), str(os.getpid())]
+    with subprocess.Popen(["sleep", "60"]) as live:  # a live process's fresh claim is not taken over
+        claim.write_text(f"{socket.gethostname()} {live.pid} {shards._started(live.pid)} other\n")
+        assert not shards.claim(claim)
+        live.kill()
+    live.wait()  # now a restarted worker's predecessor
+    held = shards.claim(claim)
+    assert held and claim.read_text() == held.token
+    assert held.token.split()[:3] == [socket.gethostname(), str(os.getpid()), shards._started(os.getpid())]
 
 
 def test_progress_is_logged_and_served_while_preparing(tmp_path, tokenizer, caplog):

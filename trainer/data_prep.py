@@ -25,8 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.data_readers import Unit, plan_units
-from trainer.data_shards import Tokenize, build_shard, claim, prepare_units, record_error
-from trainer.data_sources import DataError
+from trainer.data_shards import (
+    Tokenize,
+    build_claimed,
+    build_shard,
+    claim,
+    kept_fresh,
+    prepare_units,
+    raise_recorded,
+)
 from trainer.prep_progress import PrepMetrics, PrepProgress
 from trainer.shard_rows import write_layout
 
@@ -88,18 +95,15 @@ def prepare(source: DataSource, entry: Path, *, tokenize: Tokenize, split: str, 
 
 
 def build_once(entry: Path, claimed: Path, error: Path, build: Callable[[], None], poll_s: float) -> None:
-    """Build entry/ (marker: meta.json) in one process; the others wait for it or for its error."""
-    while not (entry / "meta.json").is_file():
-        if error.is_file():
-            raise DataError(error.read_text())
-        if claim(claimed):
-            try:
-                if not (entry / "meta.json").is_file():
-                    build()
-            except DataError as e:
-                record_error(error, e)
-                raise
-            finally:
-                claimed.unlink(missing_ok=True)
-        else:
+    """Build entry/ (marker: meta.json) in one process, claimed like a unit; the others wait for it or its error."""
+    def done() -> bool:
+        return (entry / "meta.json").is_file()
+
+    while not done():
+        raise_recorded(error)
+        held = claim(claimed)
+        if not held:
             time.sleep(poll_s)
+            continue
+        with kept_fresh(held):  # the layout of a large corpus takes longer than CLAIM_STALE_S
+            build_claimed(held, error, done, build)

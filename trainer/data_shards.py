@@ -13,7 +13,10 @@ Coordination is through files only, never a collective: a process claims a unit 
 <unit id>.claim exclusively (O_EXCL), builds it, and renames the result into place; it starts with the
 units dealt to its global rank (index % world_size), then takes any unit nobody has claimed, then waits,
 polling the markers, until every unit is done. A claim whose builder died is taken over: at once when it
-was a process of this host, after CLAIM_STALE_S without a refresh otherwise. A data error (bad content)
+was a process of this host (its PID gone, or alive again with another start time: a recreated pod), after
+CLAIM_STALE_S without a refresh otherwise. A claim holds its builder's unique token: a takeover replaces
+only the stale claim it judged, a builder releases only its own, and one whose claim was taken over stops
+(were both to finish, their shards are identical and the second rename is dropped). A data error (bad content)
 is written to <unit id>.error, which every waiting process raises in turn; a file that could not be read
 (an OSError) is not, so the unit is tried again.
 Nodes that do not share the cache folder see no claims of the others, so each builds every unit itself.
@@ -23,12 +26,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +44,9 @@ import numpy as np
 from trainer.data_readers import DataReadError, Unit, read_unit
 from trainer.data_sources import DataError
 
+log = logging.getLogger(__name__)
 CLAIM_STALE_S = 300.0
+CLAIM_SETTLE_S = 0.05
 Document = tuple[np.ndarray, np.ndarray]
 # values of a batch, the file's number of its first record -> one document per value (empty ones allowed)
 Tokenize = Callable[[list, int], list[Document]]
@@ -99,40 +109,109 @@ def is_done(shard: Path) -> bool:
     return (shard / "shard.json").is_file()
 
 
-def claim(path: Path) -> bool:
+class ClaimLost(Exception):
+    """Our claim was taken over (judged stale) or removed: its new holder builds the same unit."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim file we hold, known by the unique token we wrote into it."""
+
+    path: Path
+    token: str
+
+    def held(self) -> bool:
+        return _read(self.path) == self.token
+
+    def refresh(self) -> bool:
+        """Heartbeat: keep our claim fresh; False (and no refresh) once it is gone or someone else's."""
+        if not self.held():
+            return False
+        try:
+            os.utime(self.path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.held():  # never unlink a claim that another process took over
+            self.path.unlink(missing_ok=True)
+
+
+def claim(path: Path) -> Claim | None:
     """Create the claim file exclusively; take it over when its builder is gone: a process of this host
     that no longer runs (a restarted worker finds its predecessor's claim), or a claim not refreshed for
     CLAIM_STALE_S (a builder on another node)."""
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                if _abandoned(path):  # rename first: of several processes taking it over, one wins the create
-                    os.rename(path, path.with_name(f"{path.name}.stale-{os.getpid()}"))
-                    os.unlink(path.with_name(f"{path.name}.stale-{os.getpid()}"))
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()}\n")
-        return True
-    return False
-
-
-def _abandoned(path: Path) -> bool:
-    if time.time() - path.stat().st_mtime > CLAIM_STALE_S:
-        return True
-    host, _, pid = path.read_text().strip().partition(" ")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # being written, or another host's: only its age tells
+    token = _token()
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return _take_over(path, token)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return Claim(path, token)
+
+
+def _take_over(path: Path, token: str) -> Claim | None:
+    """Replace the stale claim we looked at, and only it: another process may have taken it over since."""
+    seen = _look(path)
+    if seen is None or not _abandoned(*seen):
+        return None
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        if _look(path) != seen:
+            return None
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    time.sleep(CLAIM_SETTLE_S)  # of takers that both passed the look, the last replace wins: let it land
+    return Claim(path, token) if _read(path) == token else None
+
+
+def _token() -> str:
+    """host pid start-time nonce: the start time tells a reused PID (a recreated pod's) from its predecessor."""
+    return f"{socket.gethostname()} {os.getpid()} {_started(os.getpid())} {uuid.uuid4().hex}\n"
+
+
+def _started(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks since boot); None when no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rpartition(")")[2].split()[19]  # after the command name, which may hold spaces
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _look(path: Path) -> tuple[str, int] | None:
+    """The claim's token and mtime: a refresh between our judgement and our takeover changes the mtime."""
+    try:
+        return path.read_text(), path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def _abandoned(token: str, mtime_ns: int) -> bool:
+    if time.time() - mtime_ns / 1e9 > CLAIM_STALE_S:
         return True
-    except PermissionError:  # alive, another user's
+    fields = token.split()
+    if len(fields) != 4 or fields[0] != socket.gethostname() or not fields[1].isdigit():
+        return False  # being written, or another host's: only its age tells
+    pid = int(fields[1])
+    if pid == os.getpid():  # not a claim of ours (we hold none we would look at): a predecessor's
+        return True
+    try:
+        return _started(pid) != fields[2]
+    except PermissionError:  # /proc hidden from us: the PID is alive
         return False
-    return False
 
 
 def prepare_units(units: list[tuple[str, Unit]], root: Path, build: Callable[[str, Unit, Callable], None], *,
@@ -147,33 +226,62 @@ def prepare_units(units: list[tuple[str, Unit]], root: Path, build: Callable[[st
         done = {uid for uid, _ in units} - {uid for uid, _ in missing}
         progress.done_units(done)
         for uid, _ in missing:
-            error = root / f"{uid}.error"
-            if error.is_file():
-                raise DataError(error.read_text())
+            raise_recorded(root / f"{uid}.error")
         if not missing:
             return
         for uid, unit in missing:
-            claimed = root / f"{uid}.claim"
-            if claim(claimed):
-                _build_claimed(uid, unit, root, claimed, build)
+            held = claim(root / f"{uid}.claim")
+            if held:
+                _build_claimed(uid, unit, root, held, build)
                 break
         else:
             progress.tick()
             time.sleep(poll_s)
 
 
-def _build_claimed(uid: str, unit: Unit, root: Path, claimed: Path, build) -> None:
-    def heartbeat() -> None:  # a live builder keeps its claim fresh
-        os.utime(claimed)
+def _build_claimed(uid: str, unit: Unit, root: Path, held: Claim, build) -> None:
+    def heartbeat() -> None:  # a live builder keeps its claim fresh, and stops once it lost it
+        if not held.refresh():
+            raise ClaimLost(held.path)
 
+    build_claimed(held, root / f"{uid}.error", lambda: is_done(root / uid), lambda: build(uid, unit, heartbeat))
+
+
+def build_claimed(held: Claim, error: Path, done: Callable[[], bool], build: Callable[[], None]) -> None:
+    """Build under our claim: a data error is left for the others; the claim is released if still ours."""
     try:
-        if not is_done(root / uid):  # built between our look and our claim
-            build(uid, unit, heartbeat)
+        if not done():  # built between our look and our claim
+            build()
     except DataError as e:
-        record_error(root / f"{uid}.error", e)
+        record_error(error, e)
         raise
+    except ClaimLost:  # judged stale by another process, which builds the same result
+        log.warning("%s was taken over by another process; leaving the build to it", held.path)
     finally:
-        claimed.unlink(missing_ok=True)
+        held.release()
+
+
+@contextmanager
+def kept_fresh(held: Claim):
+    """Refresh the claim from a thread while a build that has no natural heartbeat runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(CLAIM_STALE_S / 4) and held.refresh():
+            pass
+
+    thread = threading.Thread(target=beat, name=f"heartbeat {held.path.name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def raise_recorded(error: Path) -> None:
+    if error.is_file():
+        raise DataError(error.read_text())
 
 
 def record_error(error: Path, e: DataError) -> None:
