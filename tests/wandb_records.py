@@ -9,6 +9,7 @@ reader in the Go core only, so the framing (a dozen lines) is read here and the 
 from __future__ import annotations
 
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -41,15 +42,25 @@ def raw_records(path: Path):
             yield pending + chunk
 
 
-def records(path: Path) -> list:
+def records(path: Path, wait_s: float = 30.0) -> list:
+    """The run's records once its exit record is written: wandb's service process writes the file on its own
+    schedule, and run.finish() can return before it has (measured: the header alone, the rest ~1 s later)."""
     from wandb.proto import wandb_internal_pb2
 
-    out = []
-    for raw in raw_records(path):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        out.append(record)
-    return out
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = []
+        try:
+            for raw in raw_records(path):
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(raw)
+                out.append(record)
+        except AssertionError:  # a chunk being written (its checksum fails until it is whole)
+            if time.monotonic() > deadline:
+                raise
+        if any(r.WhichOneof("record_type") == "exit" for r in out) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.1)
 
 
 def offline_runs(directory: Path) -> list[Path]:
