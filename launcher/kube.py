@@ -7,15 +7,17 @@ and the server's reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 TIMEOUT = (5, 30)  # (connect, read) seconds for ordinary calls
+LIST_PAGE = 500  # objects per list request: kubectl's --chunk-size default
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ KINDS = {k.kind: k for k in (
     Kind("Pod", "", "v1", "pods"),
     Kind("Event", "", "v1", "events"),
     Kind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies"),
+    Kind("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets",
+         "Kubernetes serves it from 1.5 on (policy/v1 from 1.21); or set cluster.disruption_budget: false"),
     Kind("PodMonitor", "monitoring.coreos.com", "v1", "podmonitors",
          "install the Prometheus operator (kube-prometheus-stack), or set cluster.monitoring.pod_monitor: false"),
     Kind("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs",
@@ -52,6 +56,22 @@ KINDS = {k.kind: k for k in (
 )}
 JOB_KINDS = (KINDS["PyTorchJob"], KINDS["TrainJob"])
 
+# Kinds render writes in a version older servers lack, and the older version with the same fields: policy/v1
+# PodDisruptionBudget came with Kubernetes 1.21 (the tests' apiserver is 1.20); policy/v1beta1 has the same
+# minAvailable and selector, so submit sends the rendered object unchanged but for its apiVersion.
+OLDER_VERSIONS = {"PodDisruptionBudget": "v1beta1"}
+
+
+def served_kind(kind: Kind, discovered: Mapping[str, list[str]]) -> Kind:
+    """`kind`, or its older version (OLDER_VERSIONS) when the server's discovery (group/version -> the
+    resource names it serves) lists that one and not `kind` itself. Otherwise `kind`, and the server's
+    own error names what it lacks."""
+    older = OLDER_VERSIONS.get(kind.kind)
+    if older is None or kind.plural in discovered.get(kind.api_version, []):
+        return kind
+    fallback = dataclasses.replace(kind, version=older)
+    return fallback if kind.plural in discovered.get(fallback.api_version, []) else kind
+
 
 class KubeError(Exception):
     """An API or connection failure; str() is the one line a user sees."""
@@ -59,6 +79,14 @@ class KubeError(Exception):
     def __init__(self, message: str, status: int = 0, reason: str = "", details_kind: str = ""):
         super().__init__(message)
         self.status, self.reason, self.details_kind = status, reason, details_kind
+
+
+class _ContinueExpired(Exception):
+    """A continued list page came back 410 Gone: its snapshot is gone, only a fresh list can go on."""
+
+    def __init__(self, error: KubeError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def kubeconfig_path(explicit: str | None) -> str:
@@ -98,6 +126,7 @@ class Cluster:
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self.host = config.host
         self.api = ApiClient(config)
+        self._served: dict[str, Kind] = {}
 
     # -- raw requests ---------------------------------------------------------------------------
 
@@ -130,28 +159,46 @@ class Cluster:
 
     # -- objects ---------------------------------------------------------------------------------
 
+    def resource_names(self, kind: Kind) -> list[str]:
+        """The resources the server serves in `kind`'s group version (none when it serves no such version).
+        Discovery is open to every user."""
+        try:
+            resources = self.request("GET", kind.path(None).rsplit("/", 1)[0]).get("resources", [])
+        except KubeError as e:
+            if e.status != 404:
+                raise
+            resources = []
+        return [r.get("name") for r in resources]
+
+    def served(self, kind: Kind) -> Kind:
+        """`kind` in the version this server serves (served_kind); discovery is read once per kind."""
+        older = OLDER_VERSIONS.get(kind.kind)
+        if older is None:
+            return kind
+        if kind.kind not in self._served:
+            candidates = (kind, dataclasses.replace(kind, version=older))
+            self._served[kind.kind] = served_kind(kind, {k.api_version: self.resource_names(k) for k in candidates})
+        return self._served[kind.kind]
+
     def missing_kinds(self, kinds: list[Kind]) -> list[Kind]:
-        """Kinds whose API (a CRD) the server does not serve. Discovery is open to every user."""
+        """Kinds whose API (a CRD) the server does not serve, in any version served() would use."""
         missing = []
         for kind in kinds:
             if not kind.group or kind.group.endswith(".k8s.io"):  # built into every server
                 continue
-            try:
-                resources = self.request("GET", f"/apis/{kind.group}/{kind.version}").get("resources", [])
-            except KubeError as e:
-                if e.status != 404:
-                    raise
-                resources = []
-            if not any(r.get("name") == kind.plural for r in resources):
+            if kind.plural not in self.resource_names(self.served(kind)):
                 missing.append(kind)
         return missing
 
     def create(self, obj: dict, dry_run: bool = False) -> dict:
-        kind = KINDS[obj["kind"]]
+        kind = self.served(KINDS[obj["kind"]])
+        if obj["apiVersion"] != kind.api_version:
+            obj = {**obj, "apiVersion": kind.api_version}  # an older version with the same fields (served_kind)
         ns = obj["metadata"]["namespace"]
         return self.request("POST", kind.path(ns), {"dryRun": "All"} if dry_run else None, obj)
 
     def get(self, kind: Kind, namespace: str, name: str) -> dict | None:
+        kind = self.served(kind)
         try:
             return self.request("GET", kind.path(namespace, name))
         except KubeError as e:
@@ -160,17 +207,45 @@ class Cluster:
             raise
 
     def list(self, kind: Kind, namespace: str | None, selector: str | None = None,
-             field_selector: str | None = None) -> list[dict]:
+             field_selector: str | None = None, limit: int = LIST_PAGE) -> list[dict]:
+        """Every object that matches, read in pages of `limit` as kubectl does (one request per page, so a
+        namespace of thousands neither times out nor arrives as one huge response). A continue token that
+        expired (etcd compacted the list's revision meanwhile: 410 Expired) restarts the list once."""
+        kind = self.served(kind)
         query = {k: v for k, v in (("labelSelector", selector), ("fieldSelector", field_selector)) if v}
-        return self.request("GET", kind.path(namespace), query or None).get("items", [])
+        for _ in range(2):
+            try:
+                return self._pages(kind, namespace, {**query, "limit": limit})
+            except _ContinueExpired as e:
+                expired = e.error
+        where = f"namespace {namespace}" if namespace else "all namespaces"
+        raise KubeError(f"cannot list {kind.plural} in {where}: it changed faster than it could be read in pages "
+                        f"of {limit} (the continue token expired twice, HTTP 410 {expired.reason}); try again",
+                        expired.status, expired.reason) from expired
+
+    def _pages(self, kind: Kind, namespace: str | None, query: dict) -> list[dict]:
+        items: list[dict] = []
+        token = ""
+        while True:
+            try:
+                page = self.request("GET", kind.path(namespace), {**query, "continue": token} if token else query)
+            except KubeError as e:
+                # Only a 410 on a continued page is the token's age; on the first page it is something else.
+                if token and e.status == 410:
+                    raise _ContinueExpired(e) from e
+                raise
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
 
     def delete(self, kind: Kind, namespace: str, name: str) -> None:
         # Background: the operator's pods and services go with the job, through their owner references.
-        self.request("DELETE", kind.path(namespace, name), body={"propagationPolicy": "Background"})
+        self.request("DELETE", self.served(kind).path(namespace, name), body={"propagationPolicy": "Background"})
 
     def merge_patch(self, kind: Kind, namespace: str, name: str, patch: dict) -> dict:
         return self.request(
-            "PATCH", kind.path(namespace, name), body=patch, content_type="application/merge-patch+json"
+            "PATCH", self.served(kind).path(namespace, name), body=patch, content_type="application/merge-patch+json"
         )
 
     def patch_status(self, kind: Kind, namespace: str, name: str, status: dict) -> dict:
