@@ -69,6 +69,11 @@ SCENARIOS: dict[str, Scenario] = {
     ]),
     "monitoring-off": Scenario("tiny", ["train.metrics.enabled=false"], MONITORING_OFF),
     "existing-pvc": Scenario("tiny", ["cluster.nodes=2", "cluster.storage.claim=shared-data"]),
+    # a PodDisruptionBudget: down to min_nodes for an elastic PyTorchJob, every node of a TrainJob (JobSet's label)
+    "elastic-disruption-budget": Scenario("tiny", ["cluster.nodes=2", "cluster.elastic={min_nodes: 1, max_nodes: 3}",
+                                                   "cluster.disruption_budget=true"]),
+    "trainjob-disruption-budget": Scenario("tiny", ["cluster.api=trainjob", "cluster.nodes=2",
+                                                    "cluster.disruption_budget=true"]),
 }
 
 

@@ -79,6 +79,12 @@ class ClusterSpec(Section):
         le=INT64_MAX,
         description="Time between SIGTERM and SIGKILL: the trainer writes its last checkpoint in it.",
     )
+    disruption_budget: bool = Field(
+        False,
+        description="Create a PodDisruptionBudget (policy/v1; policy/v1beta1 on Kubernetes before 1.21) so that "
+        "voluntary evictions (kubectl drain, the cluster autoscaler's scale-down) keep at least `nodes` of the "
+        "job's pods running, an elastic job at least elastic.min_nodes. Node failures and preemption still stop pods.",
+    )
     labels: ExtraLabels = Field(default_factory=dict, description="Extra labels on every object and pod.")
     annotations: Annotations = Field(default_factory=dict, description="Extra annotations on every object and pod.")
 
@@ -137,6 +143,11 @@ class ClusterSpec(Section):
     @property
     def max_nodes(self) -> int:
         return self.elastic.max_nodes if self.elastic else self.nodes
+
+    @property
+    def min_nodes(self) -> int:
+        """The fewest pods the job runs with: all of them, or an elastic job's minimum."""
+        return self.elastic.min_nodes if self.elastic else self.nodes
 
     @property
     def procs_per_node(self) -> int:

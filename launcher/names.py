@@ -48,6 +48,10 @@ def network_policy(job: str) -> str:
     return job
 
 
+def disruption_budget(job: str) -> str:
+    return job
+
+
 NAME_LABEL = "app.kubernetes.io/name"
 HELM_RELEASE_ANNOTATION = "meta.helm.sh/release-name"  # Helm 3 puts it on every object of a release
 
@@ -75,7 +79,7 @@ def common_labels(spec: JobSpec, component: str) -> dict[str, str]:
 
 
 def pod_selector(spec: JobSpec) -> dict[str, str]:
-    """Labels that pick this job's training pods (what the PodMonitor selects)."""
+    """Labels that pick this job's training pods (what the PodMonitor, NetworkPolicy and PodDisruptionBudget select)."""
     if spec.cluster.api == "trainjob":
         # A TrainJob cannot label its pods; JobSet labels them with the job's name.
         return {JOBSET_NAME_LABEL: spec.name}

@@ -152,6 +152,10 @@ def documents(spec: JobSpec) -> list[str]:
             meta=_meta(spec, names.pod_monitor(name), "monitoring", c.monitoring.labels),
             pod_selector=names.pod_selector(spec), interval=c.monitoring.interval,
             port_name="metrics" if c.api == "pytorchjob" else None, port_number=spec.train.metrics.port))
+    if c.disruption_budget:
+        docs.append(env.get_template("poddisruptionbudget.yaml.j2").render(
+            meta=_meta(spec, names.disruption_budget(name), "disruption-budget"), pod_selector=names.pod_selector(spec),
+            min_available=c.min_nodes))
     queue = {names.KUEUE_QUEUE_LABEL: c.scheduling.queue} if c.scheduling.queue else {}
     job_meta = _meta(spec, name, "job", queue)
     pod = pod_values.pod(spec)
@@ -164,7 +168,7 @@ def documents(spec: JobSpec) -> list[str]:
         docs.append(env.get_template("pytorchjob.yaml.j2").render(
             meta=job_meta, pod=pod, nproc_per_node=str(c.procs_per_node), elastic=c.elastic,
             run_policy=c.run_policy, replicas=replicas(spec),
-            min_available=(c.elastic.min_nodes if c.elastic else c.nodes) if c.scheduling.scheduler_name else None))
+            min_available=c.min_nodes if c.scheduling.scheduler_name else None))
     return docs
 
 

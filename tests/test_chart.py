@@ -110,6 +110,29 @@ def test_alert_rules_and_dashboard_are_monitorings_files():
     assert labels["team.example/dashboards"] == "yes" and "grafana_dashboard" not in labels
 
 
+def test_the_disruption_budget_is_policy_v1_unless_the_cluster_is_older_than_1_21():
+    """The same object in the version the cluster serves: a cluster's discovery lists policy/v1/PodDisruptionBudget
+    from 1.21 on; without a cluster (helm template), the Kubernetes version decides. The tests' apiserver is 1.20:
+    tests/test_chart_server_dry_run.py sends the policy/v1beta1 one there."""
+    def pdb(*args: str, scenario: str = "elastic-disruption-budget") -> dict:
+        [obj] = by_kind(template("run", "-f", ci_values(scenario), *args))["PodDisruptionBudget"]
+        return obj
+
+    current = pdb()
+    assert current["apiVersion"] == "policy/v1"
+    assert current["spec"] == {"minAvailable": 1, "selector": {"matchLabels": {
+        "app.kubernetes.io/component": "trainer", "app.kubernetes.io/instance": "tiny",
+        "app.kubernetes.io/name": "llmlaunch"}}}
+    old = pdb("--kube-version", "1.20.2")
+    assert old["apiVersion"] == "policy/v1beta1" and {**old, "apiVersion": "policy/v1"} == current
+    assert pdb("--kube-version", "1.20.2", "--api-versions", "policy/v1/PodDisruptionBudget") == current
+    assert pdb("--kube-version", "1.21.0")["apiVersion"] == "policy/v1"
+    assert pdb(scenario="trainjob-disruption-budget")["spec"] == {  # every node; JobSet's label on the pods
+        "minAvailable": 2, "selector": {"matchLabels": {"jobset.sigs.k8s.io/jobset-name": "tiny"}}}
+    off = template("run", "-f", ci_values("elastic-disruption-budget"), "--set", "disruptionBudget=false")
+    assert "PodDisruptionBudget" not in by_kind(off)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "nodes=0"], "- at '/nodes': minimum: got 0, want 1"),
     (["--set", "resources.memory=lots"], "- at '/resources/memory': 'anyOf' failed"),

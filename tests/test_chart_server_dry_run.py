@@ -25,8 +25,11 @@ pytestmark = [pytest.mark.helm, pytest.mark.cluster]
 SCENARIOS = sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*.yaml"))
 
 
-def rendered(scenario: str, ns: str) -> str:
-    return helm("template", "run", str(CHART), "-n", ns, "--api-versions", OPERATOR_API,
+def rendered(plane, scenario: str, ns: str) -> str:
+    """helm template as helm install would render for this server: its CRDs' API and its Kubernetes version
+    (1.20: a PodDisruptionBudget in policy/v1beta1, which this server serves instead of policy/v1)."""
+    version = plane.api("GET", "/version")["gitVersion"]
+    return helm("template", "run", str(CHART), "-n", ns, "--api-versions", OPERATOR_API, "--kube-version", version,
                 "-f", ci_values(scenario)).stdout
 
 
@@ -47,9 +50,11 @@ def answered(stdout: str) -> list[dict]:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_the_apiserver_accepts_every_scenario_as_rendered_and_stores_nothing(control_plane, scenario):
     ns = control_plane.create_namespace("helm-dry")
-    text = rendered(scenario, ns)
+    text = rendered(control_plane, scenario, ns)
     sent = [o for o in yaml.safe_load_all(text) if o]
     assert ("PrometheusRule" in {o["kind"] for o in sent}) == (scenario != "monitoring-off")
+    budgets = [o["apiVersion"] for o in sent if o["kind"] == "PodDisruptionBudget"]
+    assert budgets == (["policy/v1beta1"] if scenario.endswith("disruption-budget") else [])
     result = server_dry_run(control_plane, ns, text)
     assert result.returncode == 0, result.stderr
     back = {(o["kind"], o["metadata"]["name"]): o for o in answered(result.stdout)}
@@ -63,7 +68,7 @@ def test_a_schema_invalid_object_is_refused_by_the_server(control_plane):
     """The path above reaches the server's schemas: one value of the wrong type in the PyTorchJob (what a
     template quoting an integer would render) is refused there, and nothing of the release is stored."""
     ns = control_plane.create_namespace("helm-bad")
-    objects = [o for o in yaml.safe_load_all(rendered("multi-node", ns)) if o]
+    objects = [o for o in yaml.safe_load_all(rendered(control_plane, "multi-node", ns)) if o]
     job = next(o for o in objects if o["kind"] == "PyTorchJob")
     job["spec"]["runPolicy"]["backoffLimit"] = "3"
     result = server_dry_run(control_plane, ns, yaml.safe_dump_all(objects))

@@ -1,4 +1,5 @@
-"""A job's ConfigMap, NetworkPolicy, PodMonitor and created PVC go when the job goes, whoever deletes it.
+"""A job's ConfigMap, NetworkPolicy, PodMonitor, PodDisruptionBudget and created PVC go when the job goes,
+whoever deletes it.
 
 Real: kube-apiserver + etcd, kube-controller-manager (its garbage collector acts on ownerReferences, its
 pvc-protection controller releases an unused claim), kubectl (the job deleted as a user or a TTL
@@ -25,6 +26,8 @@ PATHS = {
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps/{name}-config",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
     "PodMonitor": "/apis/monitoring.coreos.com/v1/namespaces/{ns}/podmonitors/{name}",
+    # (policy/v1beta1: the tests' apiserver is 1.20, submit sends the policy/v1 object there in that version)
+    "PodDisruptionBudget": "/apis/policy/v1beta1/namespaces/{ns}/poddisruptionbudgets/{name}",
     "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}-data",
 }
 GC_TIMEOUT = 90  # seconds for the garbage collector (and the pvc-protection controller) on a busy machine
@@ -56,10 +59,12 @@ def wait_gone(plane, kinds, ns: str, name: str) -> float:
 
 def test_kubectl_delete_of_the_job_takes_its_objects_with_it(control_plane, controller_manager):
     ns = control_plane.create_namespace("gc")
-    submitted = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "cluster.storage.size=1Gi")
+    submitted = llmlaunch(control_plane, "submit", TINY, "-n", ns, "--set", "cluster.storage.size=1Gi",
+                          "--set", "cluster.disruption_budget=true")
     assert submitted.exit_code == 0, submitted.output
-    assert submitted.stdout.splitlines()[5] == ("owned by pytorchjob/tiny (deleted with it): configmap/tiny-config, "
-                                                "persistentvolumeclaim/tiny-data, networkpolicy/tiny, podmonitor/tiny")
+    assert submitted.stdout.splitlines()[6] == ("owned by pytorchjob/tiny (deleted with it): configmap/tiny-config, "
+                                                "persistentvolumeclaim/tiny-data, networkpolicy/tiny, podmonitor/tiny, "
+                                                "poddisruptionbudget/tiny")
     job = control_plane.api("GET", f"/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs/tiny")
     for kind in PATHS:
         assert get(control_plane, kind, ns, "tiny")["metadata"]["ownerReferences"] == [
@@ -69,7 +74,7 @@ def test_kubectl_delete_of_the_job_takes_its_objects_with_it(control_plane, cont
     deleted = kubectl(control_plane, "delete", "pytorchjob", "tiny", "-n", ns)
     assert deleted.returncode == 0, deleted.stderr
     took = wait_gone(control_plane, PATHS, ns, "tiny")
-    print(f"garbage collector removed the 4 dependents {took:.1f} s after kubectl delete")
+    print(f"garbage collector removed the {len(PATHS)} dependents {took:.1f} s after kubectl delete")
 
 
 def test_a_kept_claim_and_an_existing_claim_outlive_their_jobs(control_plane, controller_manager):

@@ -45,10 +45,12 @@ def test_a_user_bound_to_the_role_runs_every_command(control_plane):
     ns = control_plane.create_namespace("rbac")
     bind_user_to_the_role(control_plane, ns)
     alice = control_plane.user_kubeconfig
-    for args in (["--set", "cluster.storage.size=1Gi"], ["--set", "cluster.api=trainjob", "--set", "name=tj"]):
+    for args in (["--set", "cluster.storage.size=1Gi", "--set", "cluster.disruption_budget=true"],
+                 ["--set", "cluster.api=trainjob", "--set", "name=tj"]):
         submitted = run(alice, "submit", TINY, "-n", ns, *args)
         assert submitted.exit_code == 0, submitted.output
         assert "owned by" in submitted.stdout
+        assert ("poddisruptionbudget/tiny created" in submitted.stdout) == ("cluster.disruption_budget=true" in args)
     status = run(alice, "status", "tiny", "-n", ns, "-o", "json")
     assert status.exit_code == 0, status.output
     explained = json.loads(status.stdout)
@@ -72,9 +74,10 @@ def test_a_user_bound_to_the_role_runs_every_command(control_plane):
     for job in ("tiny", "tj"):
         deleted = run(alice, "delete", job, "-n", ns)
         assert deleted.exit_code == 0, deleted.output
-    for plural in ("configmaps", "persistentvolumeclaims"):
+    for path in ("api/v1/namespaces/{ns}/configmaps", "api/v1/namespaces/{ns}/persistentvolumeclaims",
+                 "apis/policy/v1beta1/namespaces/{ns}/poddisruptionbudgets"):  # (policy/v1 from Kubernetes 1.21)
         # (a controller-manager in the session adds its own kube-root-ca.crt ConfigMap: not ours)
-        items = control_plane.api("GET", f"/api/v1/namespaces/{ns}/{plural}?labelSelector="
+        items = control_plane.api("GET", f"/{path.format(ns=ns)}?labelSelector="
                                   "app.kubernetes.io/managed-by%3Dllmlaunch")["items"]
         assert [i for i in items if not i["metadata"].get("deletionTimestamp")] == []
 
