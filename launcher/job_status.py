@@ -69,8 +69,11 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def explained(obj: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
-    """What `llmlaunch status -o json` prints: the summary plus jobs.explain's pods, events and progress."""
-    return {**summary(obj), **{k: details[k] for k in ("pods", "events", "progress", "unavailable")}}
+    """What `llmlaunch status -o json` prints: the summary plus jobs.explain's pods, events and progress, and
+    how many of the job's pods run (terminating ones not counted)."""
+    running = sum(1 for p in details["pods"] if p["phase"] == "Running")
+    return {**summary(obj), **{k: details[k] for k in ("pods", "events", "progress", "unavailable")},
+            "pods_running": running}
 
 
 def describe(s: dict[str, Any]) -> str:
@@ -80,7 +83,7 @@ def describe(s: dict[str, Any]) -> str:
         f"namespace:  {s['namespace']}",
         f"kind:       {s['kind']}",
         f"state:      {s['state']}" + (f" ({s['message']})" if s["message"] else ""),
-        f"nodes:      {s['nodes']}",
+        f"nodes:      {s['nodes']}" + (f" ({s['pods_running']}/{s['nodes']} pods running)" if "pods" in s else ""),
         f"created:    {s['created'] or '-'}",
         f"started:    {s['started'] or '-'}",
         f"completed:  {s['completed'] or '-'}",

@@ -121,8 +121,10 @@ def find_job(cluster: Cluster, namespace: str, name: str) -> tuple[Kind, dict[st
 
 def wait(cluster: Cluster, kind: Kind, namespace: str, name: str, timeout: float, echo: Echo,
          interval: float = 2.0) -> dict[str, Any]:
-    """Follow the job's conditions until it runs, succeeds or fails; fail on Failed or timeout."""
-    deadline, last = time.monotonic() + timeout, None
+    """Follow the job's conditions until it runs, succeeds or fails; fail on Failed or timeout. Meanwhile
+    say what holds each pod back (the scheduler's or kubelet's words) whenever that changes, and end a
+    timeout with it: a job that cannot start is explained, not waited on silently."""
+    deadline, last, held = time.monotonic() + timeout, None, []
     while True:
         obj = cluster.get(kind, namespace, name)
         if obj is None:
@@ -137,12 +139,29 @@ def wait(cluster: Cluster, kind: Kind, namespace: str, name: str, timeout: float
             )
         if state in job_status.STARTED:
             return obj
+        now_held = held_back(cluster, kind, namespace, name)
+        for line in now_held:
+            if line not in held:
+                echo(line)
+        held = now_held
         if time.monotonic() >= deadline:
             raise KubeError(
                 f"timed out after {timeout:g} s waiting for {kind.kind.lower()} {namespace}/{name} to run "
-                f"(state {state})"
+                f"(state {state})" + "".join(f"; {line}" for line in held)
             )
         time.sleep(interval)
+
+
+def held_back(cluster: Cluster, kind: Kind, namespace: str, name: str) -> list[str]:
+    """One line per pod of the job that something holds back, e.g. `pod j-master-0 Pending: Unschedulable:
+    0/1 nodes are available: 1 Insufficient cpu.`; none when the pods cannot be read (RBAC)."""
+    try:
+        pods = cluster.list(KINDS["Pod"], namespace, names.job_pods_selector(kind.kind, name))
+    except KubeError:
+        return []
+    return [f"pod {r['name']} {r['phase']}: " + (f"{r['reason']}: {r['message']}" if r["message"] not in
+                                                 ("", r["reason"]) else r["reason"])
+            for r in pod_status.pod_rows(pods) if r["reason"]]
 
 
 def list_jobs(cluster: Cluster, namespace: str | None) -> list[dict[str, Any]]:
@@ -160,7 +179,8 @@ def list_jobs(cluster: Cluster, namespace: str | None) -> list[dict[str, Any]]:
 def delete_job(cluster: Cluster, namespace: str, name: str, keep_data: bool, echo: Echo) -> None:
     """Remove the job and every object its submit created (found by llmlaunch's labels)."""
     kinds = [k for k in (*JOB_KINDS, KINDS["PodMonitor"]) if k not in cluster.missing_kinds([k])]
-    kinds += [KINDS["NetworkPolicy"], KINDS["ConfigMap"]] + ([] if keep_data else [KINDS["PersistentVolumeClaim"]])
+    kinds += [KINDS["NetworkPolicy"], KINDS["PodDisruptionBudget"], KINDS["ConfigMap"]]
+    kinds += [] if keep_data else [KINDS["PersistentVolumeClaim"]]
     found = [(k, o) for k in kinds for o in cluster.list(k, namespace, names.selector(name))
              if not o["metadata"].get("deletionTimestamp")]  # already going (e.g. a PVC still in use)
     if not found:

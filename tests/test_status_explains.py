@@ -166,3 +166,17 @@ def test_status_text_shows_pods_warnings_and_progress():
     assert text.endswith("progress:   step 12 / 40 (30%), loss 4.812, 1,930 tokens/s, ETA 56 s (pod j-master-0)")
     # `list` keeps the plain summary: no pods, events or progress sections.
     assert "pods" not in job_status.describe(job_status.summary(obj))
+
+
+def test_status_counts_the_running_pods_against_the_nodes():
+    """`4/4 pods running` once every node's pod runs; a terminating pod (a node going away) is not counted."""
+    obj = {"kind": "PyTorchJob", "metadata": {"name": "j", "namespace": "ml"}, "spec": {"pytorchReplicaSpecs": {
+        "Master": {"replicas": 1}, "Worker": {"replicas": 3}}}, "status": {}}
+    up = [pod(n, "Running", "node-1", [container(ready=True, state={"running": {}})])
+          for n in ("j-master-0", "j-worker-0", "j-worker-1", "j-worker-2")]
+    details = {"pods": pod_status.pod_rows(up), "events": [], "progress": None, "unavailable": {}}
+    s = job_status.explained(obj, details)
+    assert s["pods_running"] == 4 and "\nnodes:      4 (4/4 pods running)\n" in job_status.describe(s)
+    up[3]["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    s = job_status.explained(obj, {**details, "pods": pod_status.pod_rows(up)})
+    assert s["pods_running"] == 3 and "\nnodes:      4 (3/4 pods running)\n" in job_status.describe(s)
