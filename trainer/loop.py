@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class Trainer:
         self.failed_saves = 0  # consecutive
         self.runlog = RunLog(self.out, self.topo, cfg, self.ds_config, self.model, self.total_steps,
                              attention_len=self.train_data.attention_length)
+        self.runlog.info(resume.rendezvous_reason(dict(os.environ), self.topo.world_size, found))
         if found is not None:
             self.state = LoopState(**resume.load(self.engine, found, cfg.run.micro_batch_size))
             self.runlog.resumed(found.path, self.state.step, getattr(self.engine, "skipped_steps", 0))

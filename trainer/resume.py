@@ -159,3 +159,23 @@ def rescale_position(position: int, meta: dict[str, Any], world: int, micro_batc
     say(f"data position: {samples} samples of this epoch consumed -> {new} micro batches per rank"
         + (f" ({rest} samples will be seen again: {samples} is not a multiple of {per_batch})" if rest else ""))
     return new
+
+
+def rendezvous_reason(env: dict[str, str], world: int, found: Found | None) -> str:
+    """Why this process group exists, from what torchrun tells its workers (GROUP_WORLD_SIZE: nodes in this
+    rendezvous round, TORCHELASTIC_RESTART_COUNT: failures restarted) and the checkpoint's world size. An
+    elastic job's agents re-rendezvous when a node leaves (the failure restarts the rest) or joins (a
+    membership change, not counted as a restart), so each start says which it was."""
+    nodes, per_node = env.get("GROUP_WORLD_SIZE", "1"), env.get("LOCAL_WORLD_SIZE", "1")
+    restart, limit = int(env.get("TORCHELASTIC_RESTART_COUNT", "0")), env.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    then = None if found is None else int(found.meta.get("world_size", world))
+    if then is None:
+        why = "first rendezvous of this run (no checkpoint)"
+    elif world != then:
+        change = "a node left" if world < then else "a node joined"
+        why = f"{change}: {found.path.name} was written by {then} processes"
+    else:
+        why = f"the same world as {found.path.name}: the group was restarted"
+    if restart:
+        why += f" ({restart} of {limit} restarts after a failure used)"
+    return f"rendezvous: {nodes} node(s) x {per_node} = world size {world}; {why}"
