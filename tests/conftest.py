@@ -16,7 +16,7 @@ pytest_plugins = ["tests.fixtures.prometheus", "tests.fixtures.control_plane", "
 HEAVY = ("distributed", "training", "cluster", "prometheus", "helm", "tools", "pods", "slow", "s3", "mlflow")
 # Server fixture -> the markers a test that requests it must carry.
 SERVERS = {"control_plane": ("cluster", "pods"), "controller_manager": ("cluster", "pods"), "node": ("pods",),
-           "prometheus_server": ("prometheus",), "s3_server": ("s3",)}
+           "node_images": ("pods",), "prometheus_server": ("prometheus",), "s3_server": ("s3",)}
 # Programs a unit test must not start (their marker says why the test is slow or needs an install).
 HEAVY_PROGRAMS = {"helm": "helm", "kubectl": "tools", "kube-apiserver": "cluster", "etcd": "cluster",
                   "kube-controller-manager": "cluster", "kubelet": "pods", "kube-scheduler": "pods",

@@ -106,6 +106,11 @@ class Podman:
             tmp.unlink(missing_ok=True)
             self("save", "--format", "docker-archive", "-o", str(tmp), ref)
             tmp.rename(archive)
+        # Older builds of the same image (each a full copy: ~2 GB for the trainer) are never read again.
+        stem = archive.name.rsplit("-", 1)[0]
+        for old in archive.parent.glob(f"{stem}-*.tar"):
+            if old != archive and old.name.rsplit("-", 1)[0] == stem:
+                old.unlink(missing_ok=True)
         return archive
 
 

@@ -58,8 +58,8 @@ def create_claim(plane: ControlPlane, namespace: str, name: str) -> None:
                  "resources": {"requests": {"storage": "1Gi"}}}})
 
 
-def job_file(tmp: Path, name: str, namespace: str, image: str, storage: dict, **run) -> Path:
-    """examples/tiny.yaml's model and data on 2 pods x 1 CPU process, sized for a 2-core node."""
+def job_file(tmp: Path, name: str, namespace: str, image: str, storage: dict, nodes: int = 2, **run) -> Path:
+    """examples/tiny.yaml's model and data on `nodes` pods x 1 CPU process, sized for a 2-core node."""
     tiny = yaml.safe_load((DATA.parent / "tiny.yaml").read_text())
     train = tiny["train"]
     train["model"]["tokenizer"] = "data/tokenizer"  # relative to the pods' working directory: the volume
@@ -68,7 +68,7 @@ def job_file(tmp: Path, name: str, namespace: str, image: str, storage: dict, **
     job = {
         "name": name,
         "cluster": {
-            "nodes": 2, "gpus_per_node": 0, "image": image, "image_pull_policy": "Never", "namespace": namespace,
+            "nodes": nodes, "gpus_per_node": 0, "image": image, "image_pull_policy": "Never", "namespace": namespace,
             "resources": {"cpu": "250m", "memory": "3Gi", "shm_size": "256Mi"},
             "storage": {**storage, "mount_path": MOUNT}, "monitoring": {"interval": "2s"},
             "termination_grace_period_seconds": 60,

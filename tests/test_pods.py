@@ -21,17 +21,14 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 import pytest
 
-from cluster_dns import ClusterDNS
-from images import build_all
 from node_jobs import (
     POD_UID,
     STORAGE_CLASS,
-    bind_user_to_the_role,
     cli,
     create_claim,
     create_volume,
@@ -42,10 +39,11 @@ from node_jobs import (
     running_container,
     wait_for,
 )
-from operator_standin import PyTorchJobOperator
+from pod_cluster import JOB_TIMEOUT, drain, exit_codes, last_step, pod_cluster, read_json, restarts, uncordon
 from tests.fixtures.control_plane import ControlPlane
 from tests.fixtures.node import POD_SUBNET, Node
 from tests.fixtures.prometheus import start_prometheus, stop
+from trainer import yaml_io
 from trainjobs import DATA, REPO, llmlaunch_env, losses
 
 pytestmark = pytest.mark.pods
@@ -54,47 +52,13 @@ pytestmark = pytest.mark.pods
 RUN = {"max_steps": 60, "save_every": 10, "eval_every": 20, "keep_last": 8, "max_restarts": 3}
 STEPS = RUN["max_steps"]
 SAVES = set(range(RUN["save_every"], STEPS + 1, RUN["save_every"]))
-JOB_TIMEOUT = 600  # seconds from submit to Succeeded, restarts included, on a busy 2-core machine
-
-
-@dataclass
-class PodCluster:
-    plane: ControlPlane
-    node: Node
-    namespace: str
-    image: str
-    tmp: Path
-
-    def status(self, name: str, as_user: bool = False) -> dict:
-        """`status -o json` as the admin, or as_user: as alice, bound only to the llmlaunch-user Role."""
-        kubeconfig = ["--kubeconfig", str(self.plane.user_kubeconfig)] if as_user else []
-        result = cli(self.plane, "status", name, "-n", self.namespace, "-o", "json", *kubeconfig)
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
-    def note(self, key: str, **figures) -> None:
-        """What a run showed (pod IPs, losses, restarts), kept in the test's tmp dir as summary.json."""
-        path = self.tmp / "summary.json"
-        summary = json.loads(path.read_text()) if path.is_file() else {}
-        path.write_text(json.dumps({**summary, key: figures}, indent=1))
-
-    def wait_state(self, name: str, state: str, timeout: float = JOB_TIMEOUT) -> dict:
-        return wait_for(lambda: (s := self.status(name))["state"] == state and s, f"{name} {state}", timeout, 2)
 
 
 @pytest.fixture(scope="module")
-def cluster(control_plane, node, tmp_path_factory):
+def cluster(control_plane, node, node_images, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pods")
-    images = build_all(tmp)
-    for archive in (images["trainer_archive"], images["init_archive"]):
-        node.import_image(archive)
-    namespace = control_plane.create_namespace("pods")
-    bind_user_to_the_role(control_plane, namespace)
-    with ClusterDNS(control_plane, node.ip, tmp / "dns", domain=node.domain), \
-            PyTorchJobOperator(control_plane, namespace, init_image=images["init"]):
-        yield PodCluster(control_plane, node, namespace, images["trainer"], tmp)
-        for job in ("pods-a", "pods-b"):
-            cli(control_plane, "delete", job, "-n", namespace)
+    with pod_cluster(control_plane, node, node_images, tmp, "pods", jobs=("pods-a", "pods-b")) as cluster:
+        yield cluster
 
 
 def test_a_rendered_job_trains_to_the_end_in_real_pods(cluster):
@@ -169,7 +133,7 @@ def test_a_rendered_job_trains_to_the_end_in_real_pods(cluster):
     _assert_loads_with_plain_transformers(out / "final")
     for pod in job_pods(plane, ns, "pods-a").values():
         _assert_ran_as_rendered(cluster.node, pod)
-    cluster.note("a", pod_ips=ips, final_loss=losses(out)[STEPS], exit_codes=_exit_codes(job_pods(plane, ns, "pods-a")))
+    cluster.note("a", pod_ips=ips, final_loss=losses(out)[STEPS], exit_codes=exit_codes(job_pods(plane, ns, "pods-a")))
 
 
 def _assert_loads_with_plain_transformers(final: Path) -> None:
@@ -201,8 +165,10 @@ def test_b_faults_on_the_node_end_where_the_uninterrupted_job_ends(cluster):
 
     1. After the step-10 checkpoint the worker's trainer is frozen (failpoint) and its container killed:
        the kubelet restarts it (restartPolicy OnFailure), both nodes re-rendezvous and resume at step 10.
-    2. Later the master pod is deleted: the kubelet sends SIGTERM with the rendered grace period, the
-       ranks write an emergency checkpoint, the operator recreates the pod and the group resumes from it.
+    2. Later the node is drained (`kubectl drain`: cordon, then the Eviction API for both pods): the kubelet
+       sends SIGTERM with the rendered grace period, the ranks write an emergency checkpoint within it, the
+       operator recreates the pods, which wait Unschedulable until the node is uncordoned, and the group
+       resumes from that checkpoint.
     The failpoints reach the pods as the test harness's own variables (cluster.env refuses LLMLAUNCH_*),
     written into the suspended job's pod templates before it is resumed.
     """
@@ -217,20 +183,32 @@ def test_b_faults_on_the_node_end_where_the_uninterrupted_job_ends(cluster):
     assert submitted.returncode == 0, submitted.stderr
     _arm_failpoints(plane, ns, "pods-b", "checkpoint@10:pod=1:stop")
 
-    frozen = wait_for(lambda: _read_json(volume / "failpoints" / "checkpoint-10-pod1.json"),
+    frozen = wait_for(lambda: read_json(volume / "failpoints" / "checkpoint-10-pod1.json"),
                       "the worker to reach its step-10 checkpoint", JOB_TIMEOUT, 1)
     worker = job_pods(plane, ns, "pods-b")["pods-b-worker-0"]
     node.kill_container(running_container(worker))
-    restarted = wait_for(lambda: _restarts(job_pods(plane, ns, "pods-b").get("pods-b-worker-0")) >= 1,
+    restarted = wait_for(lambda: restarts(job_pods(plane, ns, "pods-b").get("pods-b-worker-0")) >= 1,
                          "the kubelet to restart the worker's container", 120)
     assert restarted and frozen["pod"] == 1
 
     metrics = volume / "runs" / "pods-b" / "metrics.jsonl"
-    wait_for(lambda: _last_step(metrics) >= 13, "the resumed run to pass step 13", JOB_TIMEOUT, 0.2)
-    master = job_pods(plane, ns, "pods-b")["pods-b-master-0"]
-    plane.api("DELETE", f"/api/v1/namespaces/{ns}/pods/pods-b-master-0")
+    wait_for(lambda: last_step(metrics) >= 13, "the resumed run to pass step 13", JOB_TIMEOUT, 0.2)
+    # The node is drained for maintenance: both pods evicted through the Eviction API, each with its grace period.
+    before = {n: p["metadata"]["uid"] for n, p in job_pods(plane, ns, "pods-b").items()}
+    evicted_at = time.time()
+    drained = drain(cluster, "training.kubeflow.org/job-name=pods-b", timeout_s=120)
+    try:
+        assert drained.returncode == 0, drained.stderr
+        assert {f"evicting pod {ns}/{n}" for n in before} <= set(drained.stdout.splitlines()), drained.stdout
+        # The operator recreates the pods; the cordoned node cannot take them, and status says so.
+        pending = wait_for(lambda: (s := cluster.status("pods-b"))["pods"] and all(
+            p["reason"] == "Unschedulable" for p in s["pods"]) and s, "the recreated pods to wait for the node", 120)
+        assert {p["name"] for p in pending["pods"]} == set(before), pending["pods"]
+        assert all("1 node(s) were unschedulable" in p["message"] for p in pending["pods"]), pending["pods"]
+    finally:
+        uncordon(cluster)
     recreated = wait_for(lambda: (m := job_pods(plane, ns, "pods-b").get("pods-b-master-0")) and
-                         m["metadata"]["uid"] != master["metadata"]["uid"] and m,
+                         m["metadata"]["uid"] != before["pods-b-master-0"] and m,
                          "the operator to recreate the master", 120)
 
     assert cluster.wait_state("pods-b", "Succeeded")["replicas"]["Master"]["succeeded"] == 1
@@ -242,7 +220,9 @@ def test_b_faults_on_the_node_end_where_the_uninterrupted_job_ends(cluster):
     assert resumed and recreated["metadata"]["name"] == "pods-b-master-0", master_log[-3000:]
     emergency = int(resumed.group(1))
     assert 13 <= emergency < STEPS, emergency
-    assert json.loads((out / "checkpoints" / f"step-{emergency:06d}" / "COMPLETE").read_text())["step"] == emergency
+    written = json.loads((out / "checkpoints" / f"step-{emergency:06d}" / "COMPLETE").read_text())
+    grace = yaml_io.load(job.read_text())["cluster"]["termination_grace_period_seconds"]
+    assert written["step"] == emergency and written["time"] - evicted_at < grace, (written, evicted_at)
     extra = {int(p.name[5:]) for p in (out / "checkpoints").glob("step-*")} - SAVES
     assert extra == ({emergency} - SAVES), extra
 
@@ -254,8 +234,9 @@ def test_b_faults_on_the_node_end_where_the_uninterrupted_job_ends(cluster):
     a, b = load_file(reference / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     for name in a:
         assert (a[name] - b[name]).abs().max().item() <= 1e-6, name
-    cluster.note("b", emergency_step=emergency, final_loss=got[STEPS], reference_final_loss=want[STEPS],
-                 worker_restarts=_restarts(job_pods(plane, ns, "pods-b")["pods-b-worker-0"]),
+    cluster.note("b", emergency_step=emergency, emergency_seconds_after_eviction=round(written["time"] - evicted_at, 1),
+                 final_loss=got[STEPS], reference_final_loss=want[STEPS],
+                 worker_restarts=restarts(job_pods(plane, ns, "pods-b")["pods-b-worker-0"]),
                  pod_ips={n: p["status"]["podIP"] for n, p in job_pods(plane, ns, "pods-b").items()})
 
 
@@ -268,28 +249,3 @@ def _arm_failpoints(plane: ControlPlane, namespace: str, job: str, failpoints: s
                              {"name": "LLMLAUNCH_FAILPOINT_DIR", "value": "/workspace/failpoints"}]
     stored["spec"]["runPolicy"]["suspend"] = False
     plane.api("PUT", path, stored)
-
-
-def _exit_codes(pods: dict[str, dict]) -> dict[str, int]:
-    return {name: s["state"]["terminated"]["exitCode"] for name, pod in pods.items()
-            for s in pod["status"]["containerStatuses"] if s["name"] == "pytorch" and "terminated" in s["state"]}
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _restarts(pod: dict | None) -> int:
-    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
-    return sum(s["restartCount"] for s in statuses if s["name"] == "pytorch")
-
-
-def _last_step(metrics: Path) -> int:
-    try:
-        lines = [line for line in metrics.read_text().splitlines() if line.strip()]
-        return json.loads(lines[-1])["step"] if lines else 0
-    except (OSError, ValueError):
-        return 0
