@@ -50,6 +50,7 @@ def main() -> None:
             os.environ.update(s3_env(endpoint, tmp))
             from trainer import object_store
             from trainer.checkpoint_mirror import Mirror
+            from trainer.remote_sources import DATA_SUFFIXES
 
             fs = s3(endpoint, tmp)
             fs.mkdir("bench-data")
@@ -58,7 +59,7 @@ def main() -> None:
             for i in range(args.objects):
                 fs.pipe(f"bench-data/corpus/part-{i:04d}.jsonl", corpus_object(i, size))
             cache = tmp / "cache"
-            copy = lambda: object_store.materialize("s3://bench-data/corpus", "data.train", cache)  # noqa: E731
+            copy = lambda: object_store.materialize("s3://bench-data/corpus", "data.train", cache, DATA_SUFFIXES)  # noqa: E731
             _, first = timed(copy)
             _, unchanged = timed(copy)
             fs.pipe("bench-data/corpus/part-0000.jsonl", corpus_object(10**6, size))

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from launcher.chart_values import defaults_template, values_schema_text
-from launcher.spec import JobSpec, load_job
+from launcher.job_spec import JobSpec
+from launcher.spec import load_job
 from launcher.values import chart_defaults, chart_values, documented_yaml, shell_command
 from llmlaunch_data import data_path
 

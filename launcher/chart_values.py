@@ -156,14 +156,14 @@ def values_schema_text() -> str:
 
 def chart_constants() -> dict[str, Any]:
     """What the chart's templates must agree on with `llmlaunch render`, each taken from where Python defines it."""
-    from launcher import names, pod_values
+    from launcher import names, pod_values, torchrun
     from launcher.cluster_sections import Elastic
-    from launcher.spec import MAX_NAME
+    from launcher.job_spec import MAX_NAME
     from launcher.torchrun import TRAIN_CONFIG_IN_POD
     from trainer.config import RunConfig
 
     return {
-        "pytorchjobPort": pod_values.PYTORCHJOB_PORT, "trainjobPort": pod_values.TRAINJOB_PORT,
+        "pytorchjobPort": torchrun.PYTORCHJOB_PORT, "trainjobPort": torchrun.TRAINJOB_PORT,
         "maxNameLength": MAX_NAME, "configDir": pod_values.CONFIG_DIR, "configPath": TRAIN_CONFIG_IN_POD,
         "defaultMaxRestarts": RunConfig.model_fields["max_restarts"].default,
         "defaultElasticMaxRestarts": Elastic.model_fields["max_restarts"].default,

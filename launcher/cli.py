@@ -74,7 +74,7 @@ def schema(chart_values: bool) -> None:
 
         click.echo(values_schema_text(), nl=False)
         return
-    from launcher.spec import JobSpec
+    from launcher.job_spec import JobSpec
 
     click.echo(json.dumps(JobSpec.model_json_schema(), indent=2, sort_keys=True))
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from launcher.errors import RuntimeFailure
+from launcher.job_spec import JobSpec
 from launcher.local_nodes import LocalNodes, Node
-from launcher.spec import JobSpec
 from launcher.torchrun import agent_env, local_torchrun, operator_env
 from trainer.ds_config import build_ds_config, machine_has_gpu
 from trainer.preflight import run_preflight

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from launcher.errors import ConfigError
 
-if TYPE_CHECKING:  # annotations only: spec runs the rules, which use this module
-    from launcher.spec import JobSpec
+if TYPE_CHECKING:  # annotations only: status, list and delete use these names without the job models
+    from launcher.job_spec import JobSpec
 
 MAX_LABEL = 63
 POD_HASH = 6  # "-" + 5 random characters that JobSet's Jobs append to pod names

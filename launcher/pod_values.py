@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from launcher import names
 from launcher.torchrun import (
+    PYTORCHJOB_PORT,
     PYTORCHJOB_RDZV_ENDPOINT,
     TRAIN_CONFIG_IN_POD,
     TRAINJOB_RDZV_ENDPOINT,
@@ -17,12 +18,10 @@ from launcher.torchrun import (
     pod_torchrun,
 )
 
-if TYPE_CHECKING:  # annotations only: spec runs the rules, which use this module
-    from launcher.spec import JobSpec
+if TYPE_CHECKING:  # annotations only: keeps the job models out of modules that only lay values out
+    from launcher.job_spec import JobSpec
 
 CONFIG_DIR = TRAIN_CONFIG_IN_POD.rsplit("/", 1)[0]
-PYTORCHJOB_PORT = 23456  # the operator's default rendezvous port (container port "pytorchjob-port")
-TRAINJOB_PORT = 29400  # PET_MASTER_PORT of the torch-distributed runtime
 SCRATCH = "/tmp"  # writable emptyDir; also HOME, since the image's filesystem is read-only
 # Where the ServiceAccount admission plugin mounts the API token. A TrainJob's runtime patch cannot set
 # automountServiceAccountToken; a container that already has a mount here gets no token (the plugin skips it,

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from launcher import names, ownership, pod_values, rules
-from launcher.spec import JobSpec
+from launcher.job_spec import JobSpec
 from llmlaunch_data import data_path
 from trainer import yaml_io
 from trainer.ds_config import build_ds_config, resolve_precision

@@ -11,7 +11,7 @@ import datetime
 import math
 from typing import Any
 
-from launcher import names, pod_values
+from launcher import names, torchrun
 from launcher.errors import ConfigError
 from launcher.k8s_types import has_control_character
 
@@ -85,8 +85,8 @@ def check_image(image: str | None, required: bool = False) -> None:
 
 
 def rendezvous_ports() -> dict[int, str]:
-    return {pod_values.PYTORCHJOB_PORT: "the PyTorchJob rendezvous port",
-            pod_values.TRAINJOB_PORT: "the TrainJob rendezvous port"}
+    return {torchrun.PYTORCHJOB_PORT: "the PyTorchJob rendezvous port",
+            torchrun.TRAINJOB_PORT: "the TrainJob rendezvous port"}
 
 
 def check_ports(spec) -> None:

@@ -1,8 +1,5 @@
-"""JobSpec: a whole job file (name + cluster + train), loaded, overridden and validated.
-
-The `train` part is trainer.config.TrainConfig, shipped unchanged to the pods as train.yaml;
-the `cluster` part describes where and how the pods run.
-"""
+"""Loading a job file: read it, apply `--set` overrides, resolve local paths, validate into a JobSpec and
+check every rule of launcher.rules."""
 
 from __future__ import annotations
 
@@ -11,36 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from launcher.cluster_spec import ClusterSpec
 from launcher.errors import ConfigError
+from launcher.job_spec import JobSpec
 from launcher.rules import check_job, check_plain_data
 from trainer import yaml_io
-from trainer.config import TrainConfig, describe_validation_error
-
-DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # services are named after the job: a letter first
-MAX_NAME = 40  # leaves room for the longest suffix we append (e.g. "-worker-12345" and pod hashes)
-
-
-class JobSpec(BaseModel):
-    """A job file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(..., description="Job name (DNS-1123 label; prefixes every object's name).")
-    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
-    train: TrainConfig
-
-    @field_validator("name")
-    @classmethod
-    def _dns_name(cls, name: str) -> str:
-        if not DNS1035.fullmatch(name):
-            raise ValueError("must be lowercase letters, digits and '-', starting with a letter and ending "
-                             "alphanumeric, since Kubernetes services are named after it")
-        if len(name) > MAX_NAME:
-            raise ValueError(f"must be at most {MAX_NAME} characters (got {len(name)})")
-        return name
+from trainer.config import describe_validation_error
 
 
 def parse_set(assignment: str) -> tuple[list[str], Any]:

@@ -16,6 +16,8 @@ TRAIN_CONFIG_IN_POD = "/etc/llmlaunch/train.yaml"
 # when the job has a Master; Kubeflow Trainer v2's torch plugin sets PET_MASTER_ADDR/PET_MASTER_PORT.
 PYTORCHJOB_RDZV_ENDPOINT = "$(MASTER_ADDR):$(MASTER_PORT)"
 TRAINJOB_RDZV_ENDPOINT = "$(PET_MASTER_ADDR):$(PET_MASTER_PORT)"
+PYTORCHJOB_PORT = 23456  # the operator's default rendezvous port (container port "pytorchjob-port")
+TRAINJOB_PORT = 29400  # PET_MASTER_PORT of the torch-distributed runtime
 
 
 def trainer_args(config_path: str) -> list[str]:

@@ -19,7 +19,7 @@ from pydantic.alias_generators import to_camel
 
 from launcher import render, rules
 from launcher.chart_values import ChartMonitoring, ChartValues, ConfigFiles, camel_dump
-from launcher.spec import JobSpec
+from launcher.job_spec import JobSpec
 
 WIDTH = 100
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from launcher.chart_files import SCENARIOS, TEST_IMAGE, job_path, load_scenario
-from launcher.spec import JobSpec
+from launcher.job_spec import JobSpec
 
 __all__ = ["TEST_IMAGE", "cases", "load_case"]
 

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from chart_helm import CHART, ROOT, template
-from launcher import pod_values
+from launcher import torchrun
 from launcher.chart_values import chart_constants, defaults_template
 
 pytestmark = pytest.mark.helm
@@ -21,8 +21,8 @@ CHANGED = {"pytorchjobPort": 23999, "trainjobPort": 29999, "maxNameLength": 12, 
 
 
 def test_generated_file_holds_the_python_values(monkeypatch):
-    assert chart_constants()["pytorchjobPort"] == pod_values.PYTORCHJOB_PORT
-    monkeypatch.setattr(pod_values, "PYTORCHJOB_PORT", 24000)
+    assert chart_constants()["pytorchjobPort"] == torchrun.PYTORCHJOB_PORT
+    monkeypatch.setattr(torchrun, "PYTORCHJOB_PORT", 24000)
     assert '"llmlaunch.const.pytorchjobPort" -}}24000{{' in defaults_template()
 
 

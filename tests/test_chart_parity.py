@@ -23,10 +23,10 @@ import yaml
 import chart_helm
 from golden_cases import load_case
 from launcher.chart_files import SCENARIOS, scenario_values
+from launcher.job_spec import JobSpec
 from launcher.k8s_types import has_control_character
 from launcher.names import common_labels
 from launcher.render import render
-from launcher.spec import JobSpec
 from launcher.values import chart_values, documented_yaml
 
 pytestmark = pytest.mark.helm

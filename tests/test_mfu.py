@@ -7,7 +7,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from trainer.mfu import attention_length, flops_per_token, matmul_params, mfu, peak_flops
+from trainer.length_groups import attention_length
+from trainer.mfu import flops_per_token, matmul_params, mfu, peak_flops
 
 CONFIGS = {
     "llama": dict(vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,

@@ -19,7 +19,7 @@ from remote_fixtures import add_to_hub_cache, moto_server, s3, s3_env
 from trainer import object_store
 from trainer.checkpoint_mirror import Mirror, MirrorError
 from trainer.config import ConfigError, TrainConfig
-from trainer.remote_sources import local_source, split_files
+from trainer.remote_sources import DATA_SUFFIXES, local_source, split_files
 from trainjobs import REPO, TINY_MODEL, llmlaunch, tiny_job
 
 
@@ -45,19 +45,19 @@ def test_s3_prefix_is_copied_once_and_then_only_what_changed(tmp_path, s3_enviro
     fs.pipe("copy-test/corpus/a.jsonl", b'{"text": "one"}\n')
     fs.pipe("copy-test/corpus/sub/b.jsonl", b'{"text": "two"}\n')
     fs.pipe("copy-test/corpus/notes.md", b"not data")
-    local = object_store.materialize("s3://copy-test/corpus", "data.train", tmp_path)
+    local = object_store.materialize("s3://copy-test/corpus", "data.train", tmp_path, DATA_SUFFIXES)
     assert local == tmp_path / "s3" / "copy-test" / "corpus"
     copied = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
     assert copied == ["a.jsonl", "sub/b.jsonl"]
     inodes = {p.name: p.stat().st_ino for p in local.rglob("*.jsonl")}
 
-    again = object_store.materialize("s3://copy-test/corpus", "data.train", tmp_path)  # a restart
+    again = object_store.materialize("s3://copy-test/corpus", "data.train", tmp_path, DATA_SUFFIXES)  # a restart
     assert {p.name: p.stat().st_ino for p in again.rglob("*.jsonl")} == inodes  # nothing written again
 
     fs.pipe("copy-test/corpus/sub/b.jsonl", b'{"text": "two, edited"}\n')
     fs.rm("copy-test/corpus/a.jsonl")
     fs.pipe("copy-test/corpus/c.jsonl", b'{"text": "three"}\n')
-    object_store.materialize("s3://copy-test/corpus", "data.train", tmp_path)
+    object_store.materialize("s3://copy-test/corpus", "data.train", tmp_path, DATA_SUFFIXES)
     assert sorted(p.name for p in local.rglob("*.jsonl")) == ["b.jsonl", "c.jsonl"]  # a.jsonl gone with its object
     assert (local / "sub" / "b.jsonl").read_bytes() == b'{"text": "two, edited"}\n'
 
@@ -230,7 +230,7 @@ def test_an_object_name_leading_outside_the_copy_is_refused_and_nothing_is_writt
     assert "escape-test/corpus/../../../escaped.jsonl" in fs.find("escape-test/corpus/")  # the server keeps the name
     root = tmp_path / "cache" / "remote"
     with pytest.raises(ValueError) as refused:
-        object_store.materialize("s3://escape-test/corpus", "data.train", root)
+        object_store.materialize("s3://escape-test/corpus", "data.train", root, DATA_SUFFIXES)
     assert str(refused.value) == ("data.train: s3://escape-test/corpus: odd object name "
                                   "'escape-test/corpus/../../../escaped.jsonl'; nothing copied")
     assert [p for p in tmp_path.rglob("*.jsonl")] == []

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from launcher import render
+from launcher.job_spec import JobSpec
 from launcher.k8s_types import has_control_character
-from launcher.spec import JobSpec
 
 TINY = yaml.safe_load((Path(__file__).resolve().parent.parent / "examples" / "tiny.yaml").read_text())
 NASTY = st.sampled_from(['"', "'", "\\", "\n", "\r\n", ": ", "- ", "#", "{", "}", "[", "]", "---", "...", "&a", "*a",

@@ -39,6 +39,14 @@ def document_lengths(docs, chunk: int = 4096) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+def attention_length(document_lengths) -> float:
+    """sum L_i^2 / sum L_i: the mean length a token attends over when each document attends only to itself
+    (the T of MFU's 12 L H Q T attention FLOPs, trainer/mfu.py)."""
+    lengths = np.asarray(document_lengths, dtype=np.float64)
+    total = lengths.sum()
+    return float((lengths**2).sum() / total) if total > 0 else 0.0
+
+
 def group_by_length(order: np.ndarray, lengths: np.ndarray, per_step: int, rng: np.random.Generator) -> np.ndarray:
     """`order` (a multiple of per_step rows) rearranged so each consecutive per_step rows have similar lengths."""
     if len(order) % per_step:

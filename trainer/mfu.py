@@ -5,7 +5,7 @@ PaLM-paper convention (also nanoGPT's and torchtitan's): model FLOPs per token =
 where N counts the weights of every matrix multiply (attention, MLP and the LM head; the input
 embedding is a lookup, norms and biases are negligible), L layers, H heads of size Q, T the length a
 token attends over. So that MFU does not flatter:
-- T is sum L_i^2 / sum L_i over the documents (attention_length), not seq_len: a token of a packed
+- T is sum L_i^2 / sum L_i over the documents (the data's attention_length), not seq_len: a token of a packed
   document attends only within it, so a row of short documents does far less attention work.
 - With frozen base weights (LoRA, prefix) the 2 N weight-gradient FLOPs of those weights are not work
   the step needs: 4 N + 6 A, A the adapter's matmul weights.
@@ -78,15 +78,6 @@ def flops_per_token(cfg: Any, attention_len: float, *, frozen_base: bool = False
     n = matmul_params(cfg)
     weights = 4 * n + 6 * adapter_params if frozen_base else 6 * n
     return float(weights + 12 * layers * heads * head_dim * attention_len)
-
-
-def attention_length(document_lengths) -> float:
-    """sum L_i^2 / sum L_i: the mean length a token attends over when each document attends only to itself."""
-    import numpy as np
-
-    lengths = np.asarray(document_lengths, dtype=np.float64)
-    total = lengths.sum()
-    return float((lengths**2).sum() / total) if total > 0 else 0.0
 
 
 # Dense (no sparsity) peak FLOP/s of one device from NVIDIA's datasheets, per training dtype.

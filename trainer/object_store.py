@@ -19,12 +19,10 @@ import os
 import re
 from pathlib import Path
 
-from trainer.data_sources import BUILDERS
 from trainer.errors import first_line
 from trainer.files import atomic_write
 
 S3_SCHEME = "s3://"
-SUFFIXES = tuple(BUILDERS)  # what data_sources reads; other objects are not copied
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's rule for bucket names
 log = logging.getLogger(__name__)
 
@@ -81,14 +79,14 @@ def objects(fs, url: str) -> dict[str, dict]:
     return found
 
 
-def check(url: str, key: str) -> list[str]:
-    """Problems with an s3:// data path (the object or prefix exists and holds data files)."""
+def check(url: str, key: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Problems with an s3:// data path (the object or prefix exists and holds files ending in `suffixes`)."""
     try:
         found = objects(filesystem(), url)
     except Exception as e:  # botocore and s3fs raise many types; the message names the cause
         return [f"{key}: {describe_error(url, e)}"]
-    if not any(name.endswith(SUFFIXES) for name in found):
-        return [f"{key}: {url}: no {'/'.join(SUFFIXES)} objects"]
+    if not any(name.endswith(suffixes) for name in found):
+        return [f"{key}: {url}: no {'/'.join(suffixes)} objects"]
     return []
 
 
@@ -103,17 +101,17 @@ def check_bucket(url: str, key: str) -> list[str]:
     return []
 
 
-def materialize(url: str, key: str, root: Path) -> Path:
-    """Copy the data behind `url` into `root` (only what changed since the last copy); the local file or
-    folder. Raises ValueError (one line, naming the key) when it cannot be read."""
+def materialize(url: str, key: str, root: Path, suffixes: tuple[str, ...]) -> Path:
+    """Copy the objects behind `url` whose names end in `suffixes` into `root` (only what changed since the
+    last copy); the local file or folder. Raises ValueError (one line, naming the key) when it cannot be read."""
     bucket, prefix = split_url(url)
     fs = filesystem()
     try:
-        found = {name: info for name, info in objects(fs, url).items() if name.endswith(SUFFIXES)}
+        found = {name: info for name, info in objects(fs, url).items() if name.endswith(suffixes)}
     except Exception as e:
         raise ValueError(f"{key}: {describe_error(url, e)}") from e
     if not found:
-        raise ValueError(f"{key}: {url}: no {'/'.join(SUFFIXES)} objects")
+        raise ValueError(f"{key}: {url}: no {'/'.join(suffixes)} objects")
     base = f"{bucket}/{prefix}".rstrip("/")
     single = list(found) == [base]  # the URL names one object
     for name in found if not single else ():  # a listed name must not lead outside the copy

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.length_groups import batch_width, group_by_length
+from trainer.length_groups import attention_length, batch_width, group_by_length
 from trainer.row_layout import ArrayRows, shape_documents
 from trainer.shard_rows import ShardRows
 
@@ -110,8 +110,6 @@ class TokenData(torch.utils.data.Dataset):
     @property
     def attention_length(self) -> float:
         """sum L^2 / sum L over the documents (pieces) of the split: MFU's attention length (trainer/mfu.py)."""
-        from trainer.mfu import attention_length
-
         return attention_length(self.rows.piece_lengths())
 
     # ---- the plan -------------------------------------------------------------------------------------

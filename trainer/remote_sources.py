@@ -25,9 +25,10 @@ from pathlib import Path
 
 from trainer import hub_cache, object_store
 from trainer.config import ConfigError
+from trainer.data_sources import BUILDERS
 from trainer.errors import first_line
 
-DATA_SUFFIXES = object_store.SUFFIXES
+DATA_SUFFIXES = tuple(BUILDERS)  # what data_sources reads; other objects are not copied
 EVAL_SPLITS = ("validation", "test")  # data.eval without a path: the first of these the repository has
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def local_source(path: str, key: str, cache_dir: Path, split: str = "train") -> 
     """A local file or folder holding the data `path` names (downloaded into the caches when remote)."""
     try:
         if path.startswith(object_store.S3_SCHEME):
-            return str(object_store.materialize(path, key, Path(cache_dir) / "remote"))
+            return str(object_store.materialize(path, key, Path(cache_dir) / "remote", DATA_SUFFIXES))
         if path.startswith(hub_cache.HF_SCHEME):
             return str(hub_files(path, key, Path(cache_dir) / "remote", split))
     except ValueError as e:
@@ -51,7 +52,7 @@ def local_source(path: str, key: str, cache_dir: Path, split: str = "train") -> 
 def check_remote(path: str, key: str) -> list[str]:
     """Problems found without downloading: the bucket and objects exist; offline, the hub repository is cached."""
     if path.startswith(object_store.S3_SCHEME):
-        return object_store.check(path, key)
+        return object_store.check(path, key, DATA_SUFFIXES)
     problem = _not_cached(path, hub_cache.parse_hub_data(path), key)
     return [problem] if problem else []
 
