@@ -3,7 +3,7 @@
 # (Prometheus, etcd + kube-apiserver, a Kubernetes node, helm), then ruff and pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh trainer,report,tracking,test
 bash scripts/install-test-deps.sh
 export PATH=$PWD/.tools/bin:$PATH
 # The whole suite (no test selected by path, marker or keyword): build the `pods` tests' images in the
