@@ -148,8 +148,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     from transformers import AutoTokenizer
 
-    from trainer.config import TrainConfig
-    from trainer.data import build_data, load_tokenizer
+    from trainer.config.train_config import TrainConfig
+    from trainer.data.splits import build_data, load_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(DATA / "tokenizer")
     texts = [json.loads(line)["text"] for line in (DATA / "tiny" / "train.jsonl").read_text().splitlines() if line]

@@ -58,7 +58,7 @@ def generate(folder: Path, megabytes: int, seed: int = 0) -> None:
 
 
 def config(folder: Path, cache: Path):
-    from trainer.config import TrainConfig
+    from trainer.config.train_config import TrainConfig
 
     return TrainConfig.model_validate({
         "model": {"config": {"model_type": "llama", "vocab_size": 512}, "tokenizer": str(TOKENIZER)},
@@ -71,7 +71,7 @@ def peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
 
 
 def worker(folder: Path, cache: Path, rank: int, world: int) -> dict:
-    from trainer.data import build_data, load_tokenizer
+    from trainer.data.splits import build_data, load_tokenizer
 
     cfg = config(folder, cache)
     tokenizer = load_tokenizer(cfg.model)
@@ -84,7 +84,7 @@ def worker(folder: Path, cache: Path, rank: int, world: int) -> dict:
 def baseline(folder: Path, hf_cache: Path) -> dict:
     import datasets
 
-    from trainer.data import load_tokenizer
+    from trainer.data.splits import load_tokenizer
 
     datasets.disable_progress_bars()
     tokenizer = load_tokenizer(config(folder, hf_cache).model)
@@ -101,7 +101,7 @@ def baseline(folder: Path, hf_cache: Path) -> dict:
 
 def second_start(folder: Path, cache: Path) -> dict:
     start = time.perf_counter()
-    from trainer.data import build_data, load_tokenizer
+    from trainer.data.splits import build_data, load_tokenizer
 
     cfg = config(folder, cache)
     data = build_data(cfg, load_tokenizer(cfg.model), split="train", packing=True, cache_dir=cache, rank=0,

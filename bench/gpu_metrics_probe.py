@@ -1,4 +1,4 @@
-"""Real NVML readings through trainer.gpu_metrics, as JSON. Run on a machine with an NVIDIA GPU:
+"""Real NVML readings through trainer.observability.gpu_metrics, as JSON. Run on a machine with an NVIDIA GPU:
 
     python bench/gpu_metrics_probe.py [--load-seconds 5]
     python bench/gpu_metrics_probe.py --fake-nvml   # CPU smoke: the same path over tests/fake_nvml.py
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from trainer.gpu_metrics import GpuCollector, gpu_uuid, load_nvml  # noqa: E402
+from trainer.observability.gpu_metrics import GpuCollector, gpu_uuid, load_nvml  # noqa: E402
 
 
 def _text(value) -> str:

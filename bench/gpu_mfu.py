@@ -10,7 +10,7 @@ variable-length documents (bundled tiny documents strung together, ~60 to ~3,700
 Each run trains at most --budget-s seconds after its first step (llmlaunch gets SIGTERM, the HF
 Trainer stops itself); the defaults keep training under 3 minutes and the script inside 8.
 MFU = useful tokens/s x (6 N + 12 L H Q T) / peak, N = matmul weights, T = sum L^2 / sum L of the packed
-training documents (trainer/mfu.py; the HF side is credited the same T), peak from trainer/mfu.py's table
+training documents (observability/mfu.py; the HF side is credited the same T), peak from its table
 (989.4 TFLOP/s dense bf16 for H100 SXM / H200).
 
     python bench/gpu_mfu.py [--wheels .whl] [--budget-s 60] [--micro-batch 8] [--compile] [--attn flex_attention]
@@ -115,7 +115,7 @@ def run_with_budget(cmd: list[str], log: Path, env: dict, started: Path | None, 
 
 
 def llmlaunch_run(work: Path, name: str, corpus: Path, profile: Profile, args, env: dict, method: str) -> dict:
-    from trainer.config import TrainConfig
+    from trainer.config.train_config import TrainConfig
 
     out = work / name
     train = {
@@ -162,8 +162,8 @@ def hf_run(work: Path, corpus: Path, profile: Profile, args, env: dict) -> dict:
 
 
 def data_attention_length(cache: Path) -> float:
-    """sum L^2 / sum L over the packed training documents llmlaunch cached (trainer/packing.py)."""
-    from trainer.packing import TokenData
+    """sum L^2 / sum L over the packed training documents llmlaunch cached (trainer/data/token_data.py)."""
+    from trainer.data.token_data import TokenData
 
     for meta in sorted(cache.glob("*/meta.json")):
         if json.loads(meta.read_text()).get("packed"):
@@ -175,7 +175,7 @@ def model_size(arch: dict, attention_len: float) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from trainer.mfu import flops_per_token, matmul_params
+    from trainer.observability.mfu import flops_per_token, matmul_params
 
     config = AutoConfig.for_model(**arch)
     with torch.device("meta"):
@@ -234,7 +234,7 @@ def main() -> None:
         env["DS_ACCELERATOR"] = "cpu"
         if Path("/dev/nvidia0").exists():  # hide a GPU only where there is one (it changes DeepSpeed's op builds)
             env["CUDA_VISIBLE_DEVICES"] = ""
-    from trainer.mfu import peak_flops
+    from trainer.observability.mfu import peak_flops
 
     corpus = work / "corpus.jsonl"
     write_corpus(corpus, profile)

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's launcher, and the tests' helpers
 
 import bulk_jobs as bulk  # noqa: E402
-from launcher.names import jobs_selector  # noqa: E402
+from launcher.spec.names import jobs_selector  # noqa: E402
 from tests.fixtures.control_plane import ControlPlane, running_control_plane  # noqa: E402
 
 SMALL, LARGE, FOREIGN = 30, 300, 50

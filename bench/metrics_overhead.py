@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fake_nvml import two_gpus  # noqa: E402
-from trainer.config import MetricsConfig  # noqa: E402
-from trainer.metrics import TrainMetrics  # noqa: E402
+from trainer.config.train_config import MetricsConfig  # noqa: E402
+from trainer.observability.exporter import TrainMetrics  # noqa: E402
 
 
 def main() -> int:

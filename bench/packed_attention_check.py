@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from trainer.packing import TokenData, for_attention, pack_documents  # noqa: E402
-from trainer.row_layout import ArrayRows  # noqa: E402
+from trainer.data.row_layout import ArrayRows  # noqa: E402
+from trainer.data.token_data import TokenData, for_attention, pack_documents  # noqa: E402
 
 
 def llama(attn: str, device: str, dtype, layers: int = 2, hidden: int = 128, vocab: int = 1000):

@@ -48,9 +48,9 @@ def main() -> None:
         tmp = Path(tmp_name)
         with moto_server(tmp) as endpoint:
             os.environ.update(s3_env(endpoint, tmp))
-            from trainer import object_store
-            from trainer.checkpoint_mirror import Mirror
-            from trainer.remote_sources import DATA_SUFFIXES
+            from trainer.checkpoints.mirror import Mirror
+            from trainer.data.remote_sources import DATA_SUFFIXES
+            from trainer.storage import object_store
 
             fs = s3(endpoint, tmp)
             fs.mkdir("bench-data")

@@ -1,5 +1,5 @@
 """Is the bundled tiny data learnable? Train examples/tiny.yaml's model with plain torch (no DeepSpeed)
-on the bundled corpus through trainer.data and print the eval loss curve as JSON.
+on the bundled corpus through trainer.data.splits and print the eval loss curve as JSON.
 
     python bench/tiny_data_learning.py [--steps 200] [--batch 16] [--format text|chat]
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from trainer.config import TrainConfig
-from trainer.data import build_data, for_attention, load_tokenizer
+from trainer.config.train_config import TrainConfig
+from trainer.data.splits import build_data, for_attention, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

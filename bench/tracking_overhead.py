@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/tracking_overhead.py [--steps 200] [--mlflow-uri http://127.0.0.1:5000]
 
-Drives trainer.tracking.Trackers the way RunLog.flush does (one metrics.jsonl record per log step, 9
+Drives trainer.observability.trackers.Trackers the way RunLog.flush does (one metrics.jsonl record per log step, 9
 scalars, 10 on eval steps), one backend at a time, and reports the wall time of the log call (median and p95,
 milliseconds), plus start and finish. TensorBoard and W&B (offline) run here; MLflow only with --mlflow-uri (a running
 server, e.g. `mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db`).
@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainer.config import TrainConfig
-from trainer.tracking import Trackers
+from trainer.config.train_config import TrainConfig
+from trainer.observability.trackers import Trackers
 
 TINY = {"model_type": "llama", "vocab_size": 512, "hidden_size": 64}
 

@@ -17,9 +17,9 @@ startup.skip_pydantic_plugins()  # before any module that defines a pydantic mod
 
 import click  # noqa: E402
 
-from launcher import cli_cluster  # noqa: E402
-from launcher.cli_estimate import estimate  # noqa: E402
-from launcher.cli_options import job_file, report_errors, set_option  # noqa: E402
+from launcher.commands import cluster as cluster_commands  # noqa: E402
+from launcher.commands.estimate import estimate  # noqa: E402
+from launcher.commands.options import job_file, report_errors, set_option  # noqa: E402
 from launcher.errors import RUNTIME_ERROR, ConfigError, RuntimeFailure, one_line  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def cli(debug: bool) -> None:
 @report_errors
 def validate(job_file: str, overrides: tuple[str, ...]) -> None:
     """Check a job file and print the resolved job."""
-    from launcher.spec import load_job
+    from launcher.spec.load import load_job
 
     spec = load_job(job_file, overrides)
     click.echo(f"{job_file}: ok ({spec.name}, method {spec.train.method.kind}, preset {spec.train.deepspeed.preset})")
@@ -70,11 +70,11 @@ def validate(job_file: str, overrides: tuple[str, ...]) -> None:
 def schema(chart_values: bool) -> None:
     """Print the JSON schema of the job file (for editors and the Helm chart)."""
     if chart_values:
-        from launcher.chart_values import values_schema_text
+        from launcher.render.chart_values import values_schema_text
 
         click.echo(values_schema_text(), nl=False)
         return
-    from launcher.job_spec import JobSpec
+    from launcher.spec.job_spec import JobSpec
 
     click.echo(json.dumps(JobSpec.model_json_schema(), indent=2, sort_keys=True))
 
@@ -94,8 +94,8 @@ def train(
     job_file: str, nproc_per_node: int | None, nodes: int, output_dir: str | None, overrides: tuple[str, ...]
 ) -> None:
     """Run a job on this machine with torchrun (resumes when OUTPUT_DIR has checkpoints)."""
-    from launcher.local import run_local
-    from launcher.spec import load_job
+    from launcher.local.run import run_local
+    from launcher.spec.load import load_job
 
     extra = [f"train.run.output_dir={output_dir}"] if output_dir else []
     spec = load_job(job_file, [*overrides, *extra], local=True)
@@ -134,14 +134,16 @@ def export(run_dir: str, merge: bool, base: str | None, output_dir: str | None) 
         raise ConfigError(["--merge: required (merging a LoRA adapter is the one export there is; final/ "
                            "already holds a full model's weights)"])
     from trainer.__main__ import quiet_libraries
-    from trainer.merge import merge_run  # imports torch, transformers and peft when it runs, not before
+    from trainer.checkpoints.merge_lora import (
+        merge_run,  # imports torch, transformers and peft when it runs, not before
+    )
 
     quiet_libraries()
     out = merge_run(Path(run_dir), base, Path(output_dir) if output_dir else None)
     click.echo(f"wrote {out}")
 
 
-for command in (*cli_cluster.COMMANDS, estimate):
+for command in (*cluster_commands.COMMANDS, estimate):
     cli.add_command(command)
 
 

@@ -1,6 +1,6 @@
 """The two kinds of failure the CLI reports, and their exit codes (no click: local runs raise them too).
 
-Bad input is a `trainer.config.ConfigError` (one line per problem naming the key, exit 2): the trainer
+Bad input is a `trainer.errors.ConfigError` (one line per problem naming the key, exit 2): the trainer
 raises the same class in a pod. Anything outside the user's input is a `RuntimeFailure` (exit 1).
 """
 

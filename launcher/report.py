@@ -1,6 +1,6 @@
 """`llmlaunch report RUN_DIR`: a run's metrics.jsonl as one PNG and a short summary table.
 
-The log format is defined where it is written, trainer/metrics_log.py. matplotlib is imported only
+The log format is defined where it is written, trainer/observability/metrics_log.py. matplotlib is imported only
 when a plot is drawn, so the CLI keeps starting fast.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from launcher.errors import ConfigError
 
-LOG_NAME = "metrics.jsonl"  # trainer.metrics_log.FILENAME; not imported: launcher reads, trainer writes
+LOG_NAME = "metrics.jsonl"  # trainer.observability.metrics_log.FILENAME; not imported: launcher reads, trainer writes
 
 
 @dataclass

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Write the chart's generated files from the Python models (launcher/chart_files.py says which).
+"""Write the chart's generated files from the Python models (launcher/render/chart_files.py says which).
 
-Run after changing the job models, the examples or the scenarios (launcher.chart_files.SCENARIOS):
+Run after changing the job models, the examples or the scenarios (launcher.render.chart_files.SCENARIOS):
   python scripts/update-chart.py            (--check: exit 1 if a file is out of date)
 tests/test_chart_values.py fails while any of them is stale.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from launcher.chart_files import update  # noqa: E402
+from launcher.render.chart_files import update  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -12,10 +12,10 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from launcher import jobs
-from launcher.kube import KINDS, Cluster
-from launcher.render import render
-from launcher.spec import load_job
+from launcher.cluster import jobs
+from launcher.cluster.client import KINDS, Cluster
+from launcher.render.manifests import render
+from launcher.spec.load import load_job
 from tests.fixtures.control_plane import ControlPlane
 
 TINY = Path(__file__).resolve().parent.parent / "examples" / "tiny.yaml"

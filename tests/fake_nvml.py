@@ -1,7 +1,7 @@
 """A stand-in for pynvml (nvidia-ml-py) on machines without an NVIDIA GPU or driver.
 
 This is a mock, used only because NVML cannot run here (no GPU): it answers the few pynvml calls
-trainer.gpu_metrics makes, with pynvml's names, constants and units (milliwatts, MHz, percent,
+trainer.observability.gpu_metrics makes, with pynvml's names, constants and units (milliwatts, MHz, percent,
 bytes). test_gpu_metrics.py checks that every name it defines exists in the real pynvml, so the
 fake cannot drift from the real API unnoticed.
 """

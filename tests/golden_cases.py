@@ -1,12 +1,12 @@
-"""The job files every manifest test renders: the scenarios of launcher/chart_files.py (one list for the
+"""The job files every manifest test renders: the scenarios of launcher/render/chart_files.py (one list for the
 golden manifests and the chart's cases), as (job file, --set overrides)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.chart_files import SCENARIOS, TEST_IMAGE, job_path, load_scenario
-from launcher.job_spec import JobSpec
+from launcher.render.chart_files import SCENARIOS, TEST_IMAGE, job_path, load_scenario
+from launcher.spec.job_spec import JobSpec
 
 __all__ = ["TEST_IMAGE", "cases", "load_case"]
 

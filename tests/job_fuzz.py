@@ -24,7 +24,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from launcher.job_spec import JobSpec
+from launcher.spec.job_spec import JobSpec
 
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS.parent / "examples" / "data"  # the bundled tokenizer and corpus (as tests/trainjobs.py)

@@ -32,11 +32,11 @@ def main() -> int:
 
     import torch
 
-    from trainer.config import load_train_config
-    from trainer.data import build_data, load_tokenizer
-    from trainer.engine import init_distributed, load_ds_config, make_engine
-    from trainer.model import build_model
-    from trainer.packing import for_attention
+    from trainer.config.train_config import load_train_config
+    from trainer.data.splits import build_data, load_tokenizer
+    from trainer.data.token_data import for_attention
+    from trainer.training.engine import init_distributed, load_ds_config, make_engine
+    from trainer.training.model import build_model
 
     job, out = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = load_train_config(job)

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.gpu_metrics import GPU_METRICS
-from trainer.metrics import NODE_METRICS, TRAINING_METRICS
+from trainer.observability.exporter import NODE_METRICS, TRAINING_METRICS
+from trainer.observability.gpu_metrics import GPU_METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "monitoring" / "dashboards" / "llmlaunch.json"

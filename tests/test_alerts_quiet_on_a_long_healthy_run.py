@@ -2,7 +2,7 @@
 
 The e2e Prometheus test (test_monitoring_e2e.py) runs for seconds, shorter than every rule's `for` plus
 its range (up to 2 h 5 m for LlmlaunchCheckpointOverdue), so a rule that fires on healthy data would
-never get the chance there. Here the real exporter (trainer.metrics.TrainMetrics, its HTTP server, the
+never get the chance there. Here the real exporter (trainer.observability.exporter.TrainMetrics, its HTTP server, the
 fake NVML of tests/fake_nvml.py) is driven through 150 minutes of a steady run on a fake clock: six
 steps a minute, a checkpoint every 30 minutes, an eval every 10; /metrics is scraped over HTTP once a
 simulated minute and the samples become promtool input_series (one a minute), tested against the real
@@ -18,13 +18,13 @@ import types
 import pytest
 import yaml
 
-import trainer.metrics
+import trainer.observability.exporter
 from tests.fake_nvml import two_gpus
 from tests.monitoring_checks import RULES
 from tests.test_fp16_alerts import minutes, scrape
 from tests.test_monitoring_assets import alert_rules, promtool
-from trainer.config import MetricsConfig
-from trainer.metrics import TrainMetrics
+from trainer.config.train_config import MetricsConfig
+from trainer.observability.exporter import TrainMetrics
 
 pytestmark = pytest.mark.prometheus
 
@@ -44,7 +44,7 @@ def window_minutes(rule: dict) -> float:
 
 def healthy_series(monkeypatch) -> list[dict]:
     clock = [0.0]
-    monkeypatch.setattr(trainer.metrics, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(trainer.observability.exporter, "time", types.SimpleNamespace(time=lambda: clock[0]))
     metrics = TrainMetrics(MetricsConfig(), job="healthy", namespace="ml", node_rank=0, local_rank=0, rank=0,
                            world_size=WORLD, local_world_size=WORLD, flops_per_token=1e6, peak_flops=1e15,
                            device="NVIDIA H100 80GB HBM3", nvml=two_gpus())

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from test_packing import alone, documents, tiny_llama, token_losses
-from trainer.config import TrainConfig
-from trainer.data import build_data, load_tokenizer, tokenize_chat
-from trainer.length_groups import BUCKET_STEPS, PAD_MULTIPLE, batch_width, group_by_length, row_lengths
-from trainer.packing import TokenData, for_attention, pack_documents, pad_documents
-from trainer.row_layout import ArrayRows
+from trainer.config.train_config import TrainConfig
+from trainer.data.length_groups import BUCKET_STEPS, PAD_MULTIPLE, batch_width, group_by_length, row_lengths
+from trainer.data.row_layout import ArrayRows
+from trainer.data.splits import build_data, load_tokenizer, tokenize_chat
+from trainer.data.token_data import TokenData, for_attention, pack_documents, pad_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "data" / "tiny"

@@ -13,7 +13,7 @@ import yaml
 import chart_helm
 import schema_check
 from chart_helm import CHART, ROOT, helm, stderr_of, template
-from launcher.chart_files import load_scenario
+from launcher.render.chart_files import load_scenario
 
 pytestmark = pytest.mark.helm
 CI = sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))
@@ -194,7 +194,7 @@ def test_package_is_a_self_contained_archive(tmp_path):
 def test_torchrun_restarts_follow_train_run_max_restarts(tmp_path, written):
     # The pods' torchrun restarts the group as often as train.yaml says; a trainYaml written by hand
     # without the key gets TrainConfig's default, as `llmlaunch render` would give it.
-    from trainer.config import RunConfig
+    from trainer.config.train_config import RunConfig
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     train = yaml.safe_load(values["config"]["trainYaml"])

@@ -10,8 +10,8 @@ import shutil
 import pytest
 
 from chart_helm import CHART, ROOT, template
-from launcher import torchrun
-from launcher.chart_values import chart_constants, defaults_template
+from launcher.render.chart_values import chart_constants, defaults_template
+from launcher.spec import torchrun
 
 pytestmark = pytest.mark.helm
 

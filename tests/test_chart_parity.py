@@ -1,4 +1,4 @@
-"""The chart and `llmlaunch render` cannot drift apart: for every scenario (launcher/chart_files.py: the
+"""The chart and `llmlaunch render` cannot drift apart: for every scenario (launcher/render/chart_files.py: the
 examples and their variants, the same list as the golden manifests and the chart's CI values),
 `helm template` with the scenario's values gives the objects render gives.
 
@@ -22,12 +22,12 @@ import yaml
 
 import chart_helm
 from golden_cases import load_case
-from launcher.chart_files import SCENARIOS, scenario_values
-from launcher.job_spec import JobSpec
-from launcher.k8s_types import has_control_character
-from launcher.names import common_labels
-from launcher.render import render
-from launcher.values import chart_values, documented_yaml
+from launcher.render.chart_files import SCENARIOS, scenario_values
+from launcher.render.helm_values import chart_values, documented_yaml
+from launcher.render.manifests import render
+from launcher.spec.job_spec import JobSpec
+from launcher.spec.k8s_types import has_control_character
+from launcher.spec.names import common_labels
 
 pytestmark = pytest.mark.helm
 RULES = chart_helm.ROOT / "monitoring" / "alerts" / "llmlaunch-rules.yaml"
@@ -101,7 +101,7 @@ def test_user_strings_reach_the_chart_verbatim(value, tmp_path):
         "secrets": [{"env": "HF_TOKEN", "secret": "hf", "key": value or "k"}],
         "network": {"nccl": {"NCCL_DEBUG": value}},
         "scheduling": {"tolerations": [{"key": "gpu", "operator": "Equal", "value": value}]},
-        # A mount path takes no control characters, ':' or '..' (launcher.rules refuses them): the rest stays.
+        # A mount path takes no control characters, ':' or '..' (launcher.spec.rules refuses them): the rest stays.
         "storage": {"size": "1Gi", "mount_path": "/data/" + ("".join(
             c for c in value if c not in "/.:" and not has_control_character(c)) or "x")},
     })

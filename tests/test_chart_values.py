@@ -22,12 +22,12 @@ from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
 
 from golden_cases import cases, load_case
-from launcher import chart_files
-from launcher.chart_values import ChartValues
 from launcher.cli import cli
-from launcher.render import config_files
-from launcher.spec import load_job
-from launcher.values import _section_model, chart_values, values_file
+from launcher.render import chart_files
+from launcher.render.chart_values import ChartValues
+from launcher.render.helm_values import _section_model, chart_values, values_file
+from launcher.render.manifests import config_files
+from launcher.spec.load import load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "llmlaunch"

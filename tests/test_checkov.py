@@ -18,7 +18,7 @@ import yaml
 
 import schema_check
 from golden_cases import cases, load_case
-from launcher.render import render, to_yaml
+from launcher.render.manifests import render, to_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKOV = Path(os.environ.get("LLMLAUNCH_CHECKOV", ROOT / ".tools/checkov-venv/bin/checkov"))

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from trainer import checkpoint_state
-from trainer.checkpoint_manifest import MARKER, checkpoint_files, describe, problems, shape_problems
+from trainer.checkpoints import rank_state
+from trainer.checkpoints.manifest import MARKER, checkpoint_files, describe, problems, shape_problems
 
 
 class RunsCode:
@@ -47,13 +47,13 @@ def test_loop_file_is_json_and_restores_every_random_stream_exactly(tmp_path):
     random.gauss(0, 1), np.random.standard_normal()  # cached Gaussians are part of the state
     loop = {"step": 4, "epoch": 1, "position": 7, "tokens": 12345, "best_eval": 2.0000000000000004,
             "best_step": 4, "bad_evals": 0, "stopped_early": False}
-    path = checkpoint_state.loop_file(tmp_path, 0)
-    path.write_bytes(checkpoint_state.encode(loop))
+    path = rank_state.loop_file(tmp_path, 0)
+    path.write_bytes(rank_state.encode(loop))
     expected = draws()
     json.loads(path.read_text())  # plain JSON, nothing else
     draws()
-    saved = checkpoint_state.read(path)
-    checkpoint_state.set_rng_state(saved["rng"])
+    saved = rank_state.read(path)
+    rank_state.set_rng_state(saved["rng"])
     assert draws() == expected
     assert saved["loop"] == loop
 
@@ -63,8 +63,8 @@ def test_a_pickle_planted_as_a_loop_file_is_refused_without_running(tmp_path):
     for name in ("loop-rank0.json", "loop-rank1.pt"):  # the current name, and the name older versions wrote
         (tmp_path / name).write_bytes(planted_pickle(marker))
     for rank in (0, 1):
-        with pytest.raises(checkpoint_state.BadLoopFile, match=f"loop-rank{rank}"):
-            checkpoint_state.read(checkpoint_state.loop_file(tmp_path, rank))
+        with pytest.raises(rank_state.BadLoopFile, match=f"loop-rank{rank}"):
+            rank_state.read(rank_state.loop_file(tmp_path, rank))
     assert not marker.exists()
 
 
@@ -74,8 +74,8 @@ def test_a_loop_file_of_an_older_llmlaunch_still_resumes(tmp_path):
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     torch.save({"loop": {"step": 8, "epoch": 0, "position": 8}, "rng": state}, tmp_path / "loop-rank0.pt")
     expected = draws()
-    saved = checkpoint_state.read(checkpoint_state.loop_file(tmp_path, 0))
-    checkpoint_state.set_rng_state(saved["rng"])
+    saved = rank_state.read(rank_state.loop_file(tmp_path, 0))
+    rank_state.set_rng_state(saved["rng"])
     assert draws() == expected and saved["loop"]["step"] == 8
 
 
@@ -84,13 +84,13 @@ def test_a_loop_file_of_an_older_llmlaunch_still_resumes(tmp_path):
     {"rng": {"numpy": ["MT19937", [1, 2], 0, 0, 0.0]}}, {"rng": {"torch": "not base64!"}}, {"format": 2},
 ])
 def test_a_loop_file_of_the_wrong_shape_is_named(tmp_path, change):
-    path = checkpoint_state.loop_file(tmp_path, 0)
-    saved = json.loads(checkpoint_state.encode({"step": 4}))
+    path = rank_state.loop_file(tmp_path, 0)
+    saved = json.loads(rank_state.encode({"step": 4}))
     for key, value in change.items():
         saved[key] = {**saved[key], **value} if isinstance(value, dict) else value
     path.write_text(json.dumps(saved))
-    with pytest.raises(checkpoint_state.BadLoopFile, match="loop-rank0.json: not a loop state written by llmlaunch"):
-        checkpoint_state.read(path)
+    with pytest.raises(rank_state.BadLoopFile, match="loop-rank0.json: not a loop state written by llmlaunch"):
+        rank_state.read(path)
 
 
 # ---- manifests that point out of their checkpoint ---------------------------------------------------
@@ -131,7 +131,7 @@ def test_marker_fields_of_the_wrong_type_are_problems():
 
 def test_resume_skips_a_checkpoint_whose_manifest_points_outside(volume, capsys):
     """resume.find in a real (1-process gloo) group: the crafted checkpoint is marked DAMAGED, not loaded."""
-    from trainer import resume
+    from trainer.checkpoints import resume
 
     ckpt, secret = volume
     entry = [secret.stat().st_size, hashlib.sha256(secret.read_bytes()).hexdigest()]

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from fuzz_checks import check_document, check_invalid, run_cli, write_job
 from job_fuzz import BASE, DELETE, UNKNOWN_KEY, documents, full_base
-from launcher.local_nodes import LocalNodes
+from launcher.local.nodes import LocalNodes
 
 PINNED = Path(__file__).resolve().parent / "golden" / "invalid-changes.txt"
 SCALE = float(os.environ.get("LLMLAUNCH_FUZZ_EXAMPLES", 300)) / 300

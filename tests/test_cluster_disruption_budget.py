@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.render import render
-from launcher.spec import load_job
+from launcher.render.manifests import render
+from launcher.spec.load import load_job
 from test_cluster_e2e import TINY, contains, llmlaunch
 
 pytestmark = pytest.mark.cluster

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from launcher.render import render
-from launcher.spec import load_job
+from launcher.render.manifests import render
+from launcher.spec.load import load_job
 
 pytestmark = pytest.mark.cluster
 

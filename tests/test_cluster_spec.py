@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.spec import load_job
-from trainer.config import ConfigError
+from launcher.spec.load import load_job
+from trainer.config.train_config import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TINY = EXAMPLES / "tiny.yaml"

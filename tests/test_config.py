@@ -7,10 +7,10 @@ import json
 import pytest
 import yaml
 
-from launcher.spec import load_job
-from trainer.config import ConfigError, TrainConfig
-from trainer.ds_config import build_ds_config, resolve_precision
-from trainer.preflight import run_preflight
+from launcher.spec.load import load_job
+from trainer.config.ds_config import build_ds_config, resolve_precision
+from trainer.config.train_config import ConfigError, TrainConfig
+from trainer.training.preflight import run_preflight
 from trainjobs import REPO, tiny_job
 
 
@@ -147,8 +147,8 @@ def test_deepspeed_accepts_every_assembled_preset(tmp_path):
 
 @pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
 def test_lr_schedules_warm_up_then_decay(kind):
-    from trainer.config import ScheduleConfig
-    from trainer.engine import lr_lambda
+    from trainer.config.train_config import ScheduleConfig
+    from trainer.training.engine import lr_lambda
 
     f = lr_lambda(ScheduleConfig(kind=kind, warmup_steps=10, min_lr_ratio=0.1), total_steps=110)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
@@ -167,7 +167,7 @@ def test_train_yaml_round_trips(tmp_path):
 
 
 def test_train_yaml_not_utf8_is_one_line(tmp_path):
-    from trainer.config import load_train_config
+    from trainer.config.train_config import load_train_config
 
     path = tmp_path / "train.yaml"
     path.write_bytes(load_job(tiny_job(tmp_path)).train.to_yaml().encode() + b"# \xe9\n")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import trainer.data as data_module
-from trainer.config import TrainConfig
-from trainer.data import DataError, build_data, load_tokenizer
+import trainer.data.splits as data_module
+from trainer.config.train_config import TrainConfig
+from trainer.data.splits import DataError, build_data, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "examples" / "data" / "tokenizer"

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import trainer.data_shards as shards
-from trainer.data_prep import build_once
-from trainer.data_readers import Unit
+import trainer.data.shards as shards
+from trainer.data.prep import build_once
+from trainer.data.readers import Unit
 
 
 def stale_claim(path: Path, host: str = "gone-host") -> str:
@@ -150,7 +150,7 @@ def test_the_layout_claim_is_kept_fresh_while_a_slow_layout_builds(tmp_path, mon
 
 
 def test_a_layout_error_is_recorded_and_raised_by_the_next_process(tmp_path):
-    from trainer.data_sources import DataError
+    from trainer.data.sources import DataError
 
     entry, error = tmp_path / "train", tmp_path / "train.error"
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import trainer.data as data_module
+import trainer.data.splits as data_module
 from test_data import make_cfg, write_jsonl
-from trainer.data import build_data, load_tokenizer, tokenize_texts
-from trainer.data_readers import plan_units
-from trainer.data_sources import DataError
-from trainer.packing import pack_documents, pad_documents
-from trainer.prep_progress import PrepMetrics
+from trainer.data.prep_progress import PrepMetrics
+from trainer.data.readers import plan_units
+from trainer.data.sources import DataError
+from trainer.data.splits import build_data, load_tokenizer, tokenize_texts
+from trainer.data.token_data import pack_documents, pad_documents
 
 WORDS = [
     "the", "red", "ball", "is", "in", "the", "kitchen", "and", "a", "small", "cat", "lived", "in", "the", "hall",
@@ -155,7 +155,7 @@ def test_a_data_error_in_one_process_reaches_every_process(tmp_path):
 
 
 def test_a_stale_claim_is_taken_over_and_a_live_one_waited_for(tmp_path, tokenizer, monkeypatch):
-    import trainer.data_shards as shards
+    import trainer.data.shards as shards
 
     folder = corpus(tmp_path / "data", sizes=(10,))
     cache = tmp_path / "cache"
@@ -218,7 +218,7 @@ def test_memory_of_preparation_does_not_follow_the_corpus(tmp_path, tokenizer):
 
 
 def test_rows_keep_a_bounded_number_of_shards_mapped(tmp_path, tokenizer, monkeypatch):
-    from trainer.shard_rows import ShardRows
+    from trainer.data.shard_rows import ShardRows
 
     data = build_data(cfg_of(corpus(tmp_path / "data")), tokenizer, split="train", packing=True,
                       cache_dir=tmp_path / "cache")
@@ -245,8 +245,8 @@ class _Progress:
 
 
 def test_a_read_failure_is_retried_and_a_data_error_recorded_whole(tmp_path):
-    from trainer.data_readers import DataReadError, Unit, read_unit
-    from trainer.data_shards import prepare_units
+    from trainer.data.readers import DataReadError, Unit, read_unit
+    from trainer.data.shards import prepare_units
 
     root = tmp_path / "shards"
     gone = tmp_path / "gone.jsonl"  # removed (or its volume unreachable) after the units were planned

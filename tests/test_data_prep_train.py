@@ -22,8 +22,8 @@ def job(tmp: Path, folder: Path, cache: Path) -> Path:
 
 
 def test_two_nodes_prepare_once_and_train_the_same_losses_again_and_across_a_resume(tmp_path):
-    from trainer.data import build_data, load_tokenizer
-    from trainer.packing import TokenData
+    from trainer.data.splits import build_data, load_tokenizer
+    from trainer.data.token_data import TokenData
 
     folder = corpus(tmp_path / "data", sizes=(300, 200, 250))
     first = train(job(tmp_path / "a", folder, tmp_path / "cache-a"), *NODES, nproc=1)
@@ -36,7 +36,7 @@ def test_two_nodes_prepare_once_and_train_the_same_losses_again_and_across_a_res
     (entry,) = [p for p in (tmp_path / "cache-a").glob("train-*") if (p / "meta.json").is_file()]
     import yaml
 
-    from trainer.config import TrainConfig
+    from trainer.config.train_config import TrainConfig
 
     cfg = TrainConfig.model_validate(yaml.safe_load(job(tmp_path / "c", folder, tmp_path / "one").read_text())["train"])
     alone = build_data(cfg, load_tokenizer(cfg.model), split="train", packing=True, cache_dir=tmp_path / "one",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data_readers import plan_units, read_unit
-from trainer.data_sources import DataError
+from trainer.data.readers import plan_units, read_unit
+from trainer.data.sources import DataError
 
 TEXTS = ["first", "a paragraph\nover two lines", "  padded  ", "x" * 300, "ünïcode ✓", "last one"]
 
@@ -42,7 +42,7 @@ def test_every_cut_of_a_txt_file_agrees_with_reading_it_whole(tmp_path):
     whole, _ = read_all("text", path, 1 << 20)
     size = path.stat().st_size
     for cut in range(1, size):  # two units, split at every byte
-        from trainer.data_readers import Unit
+        from trainer.data.readers import Unit
 
         units = [Unit(0, 0, cut, cut), Unit(0, cut, size, size - cut)]
         parts = [r for u in units for chunk in read_unit("text", path, u, 10, "k", "text") for r in chunk]
@@ -54,13 +54,13 @@ def test_json_array_file_is_decoded_object_by_object(tmp_path):
     path.write_text(" [\n" + ",\n".join(json.dumps({"text": t}) for t in TEXTS) + "\n]\n")
     records, units = read_all("json", path, 10)  # one unit whatever the size: an array cannot be cut
     assert [r["text"] for r in records] == TEXTS and units == 1
-    from trainer import data_readers
+    from trainer.data import readers
 
-    decoded = list(data_readers._json_array(path, "k", block=7))  # objects straddle the read blocks
+    decoded = list(readers._json_array(path, "k", block=7))  # objects straddle the read blocks
     assert [r["text"] for r in decoded] == TEXTS
     path.write_text('[{"text": "a"}, {"text": ')
     with pytest.raises(DataError, match=r"^k: cannot read .*a.json: invalid JSON array"):
-        list(data_readers._json_array(path, "k", block=4))
+        list(readers._json_array(path, "k", block=4))
 
 
 def test_parquet_units_are_runs_of_row_groups_read_in_batches(tmp_path):
@@ -89,7 +89,7 @@ def test_a_corrupt_parquet_file_is_one_line_naming_it(tmp_path):
     with pytest.raises(DataError, match=r"^data.train: cannot read .*bad.parquet: ") as raised:
         read_all("parquet", path, 1 << 20)
     assert len(raised.value.problems) == 1 and "\n" not in raised.value.problems[0]
-    from trainer.data_readers import Unit
+    from trainer.data.readers import Unit
 
     with pytest.raises(DataError, match=r"^k: cannot read .*bad.parquet: "):  # planned before it went bad
         list(read_unit("parquet", path, Unit(0, 0, 1, 1), 10, "k", "text"))
@@ -105,7 +105,7 @@ def test_a_json_array_that_is_not_utf8_is_one_line_naming_it(tmp_path):
 
 
 def test_a_missing_file_is_a_read_error_not_a_data_error(tmp_path):
-    from trainer.data_readers import DataReadError, Unit
+    from trainer.data.readers import DataReadError, Unit
 
     with pytest.raises(DataReadError, match=r"^k: cannot read .*gone.jsonl: No such file or directory$"):
         list(read_unit("json", tmp_path / "gone.jsonl", Unit(0, 0, 10, 10), 10, "k", "text"))
@@ -114,7 +114,7 @@ def test_a_missing_file_is_a_read_error_not_a_data_error(tmp_path):
 @pytest.mark.parametrize(("text", "expected"), [("", False), (" \n\n ", False), ("[]", False), (" [ \n ] ", False),
                                                 ('[{"text": "a"}]', True), ('\n{"text": "a"}\n', True)])
 def test_preflight_sees_records_from_the_first_bytes(tmp_path, text, expected):
-    from trainer import preflight
+    from trainer.training import preflight
 
     path = tmp_path / "a.json"
     path.write_text(text)
@@ -124,7 +124,7 @@ def test_preflight_sees_records_from_the_first_bytes(tmp_path, text, expected):
 def test_preflight_reads_a_prefix_of_a_one_line_json_array(tmp_path):
     import tracemalloc
 
-    from trainer import preflight
+    from trainer.training import preflight
 
     path = tmp_path / "minified.json"
     path.write_text('[{"text": "' + "a" * 20_000_000 + '"}]')  # one 20 MB line
@@ -136,7 +136,7 @@ def test_preflight_reads_a_prefix_of_a_one_line_json_array(tmp_path):
 
 
 def test_preflight_names_a_file_it_cannot_read(tmp_path):
-    from trainer import preflight
+    from trainer.training import preflight
 
     path = tmp_path / "bad.parquet"
     path.write_bytes(b"garbage")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from trainer.__main__ import local_gpu_capability
-from trainer.ds_config import hide_gpus_when_forced, native_bf16, resolve_precision
+from trainer.config.ds_config import hide_gpus_when_forced, native_bf16, resolve_precision
 from trainjobs import REPO
 
 

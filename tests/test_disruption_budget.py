@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import ownership
-from launcher.chart_files import SCENARIOS, load_scenario
-from launcher.kube import KINDS, Cluster, KubeError, served_kind
-from launcher.render import render
-from launcher.spec import load_job
-from launcher.values import chart_values
+from launcher.cluster.client import KINDS, Cluster, KubeError, served_kind
+from launcher.render import ownership
+from launcher.render.chart_files import SCENARIOS, load_scenario
+from launcher.render.helm_values import chart_values
+from launcher.render.manifests import render
+from launcher.spec.load import load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "examples" / "tiny.yaml"

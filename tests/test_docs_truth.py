@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.config import ModelConfig
-from trainer.data import load_tokenizer, tokenize_texts
-from trainer.packing import pack_documents
+from trainer.config.train_config import ModelConfig
+from trainer.data.splits import load_tokenizer, tokenize_texts
+from trainer.data.token_data import pack_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data"

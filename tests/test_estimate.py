@@ -13,10 +13,10 @@ import yaml
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from launcher.estimate import GIB, estimate
-from launcher.gpu_table import gpu_from_selector
-from launcher.model_shape import arithmetic_params, safetensors_params
-from launcher.spec import load_job
+from launcher.estimate.gpu_table import gpu_from_selector
+from launcher.estimate.memory import GIB, estimate
+from launcher.estimate.model_shape import arithmetic_params, safetensors_params
+from launcher.spec.load import load_job
 from trainjobs import REPO, TINY_MODEL, save_tiny_pretrained, tiny_job
 
 LLAMA_7B = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,

@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from launcher.estimate import GIB, estimate
-from launcher.spec import load_job
+from launcher.estimate.memory import GIB, estimate
+from launcher.spec.load import load_job
 from trainjobs import REPO, tiny_job
 
 pytestmark = pytest.mark.distributed

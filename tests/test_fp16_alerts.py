@@ -1,6 +1,6 @@
 """LlmlaunchLossScaleCollapsing on the series the trainer's own path really exports, for two fp16 runs.
 
-trainer.runlog.RunLog (as loop.Trainer drives it, with a real single-process gloo group and a real tiny
+trainer.training.run_log.RunLog (as loop.Trainer drives it, with a real single-process gloo group and a real tiny
 model) serves /metrics over HTTP; after every scrape interval's steps the test scrapes that text, and the
 samples become promtool `input_series` (one sample per interval) tested against the real alert rules.
 The engine stands in for DeepSpeed's fp16 optimizer, which cannot run on CPU: it follows a script of
@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.monitoring_checks import RULES
 from tests.test_monitoring_assets import promtool
 from tests.test_runlog_metrics import Bar, Fp16Engine, gloo, make_runlog  # noqa: F401 (gloo: a fixture)
-from trainer.state import LoopState
+from trainer.checkpoints.loop_state import LoopState
 
 ALERT = "LlmlaunchLossScaleCollapsing"
 STEPS_PER_SCRAPE, LOG_EVERY, SCRAPES = 6, 3, 30  # one scrape a minute: 30 minutes, 180 steps

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from golden_cases import TEST_IMAGE, cases, load_case
-from launcher.chart_files import SCENARIOS
-from launcher.render import render, to_yaml_stream
+from launcher.render.chart_files import SCENARIOS
+from launcher.render.manifests import render, to_yaml_stream
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("LLMLAUNCH_UPDATE_GOLDEN") == "1"
@@ -33,6 +33,6 @@ def test_no_stale_snapshots():
 
 
 def test_every_example_is_a_scenario_as_written():
-    """A new example gets its snapshot, chart values and parity case by joining launcher.chart_files.SCENARIOS."""
+    """A new example gets its snapshot, chart values and parity case by joining chart_files.SCENARIOS."""
     as_written = {s.example for s in SCENARIOS.values() if s.overrides in ([], [f"cluster.image={TEST_IMAGE}"])}
     assert {p.stem for p in (GOLDEN.parent.parent / "examples").glob("*.yaml")} <= as_written

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_nvml import FakeGpu, FakeNvml, two_gpus
-from trainer.gpu_metrics import GPU_METRICS, GpuCollector, load_nvml
+from trainer.observability.gpu_metrics import GPU_METRICS, GpuCollector, load_nvml
 
 LABELS = {"job": "j", "namespace": "ml", "node_rank": "3"}
 
@@ -114,9 +114,9 @@ import torch.distributed as dist
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.fake_nvml import FakeGpu, FakeNvml
-from trainer.config import MetricsConfig
-from trainer.gpu_metrics import gather_node_gpus
-from trainer.metrics import TrainMetrics
+from trainer.config.train_config import MetricsConfig
+from trainer.observability.gpu_metrics import gather_node_gpus
+from trainer.observability.exporter import TrainMetrics
 
 dist.init_process_group("gloo")
 rank, node = dist.get_rank(), int(os.environ["GROUP_RANK"])

@@ -1,8 +1,11 @@
-"""launcher/ has no import cycle, and the CLI runs as `python -m launcher` as well as `-m launcher.cli`."""
+"""The layout's import rules hold (scripts/import_graph.py: which subpackage may import which, no cycle between
+modules or subpackages, type-only imports included), the checker catches each kind of breakage, and the CLI
+runs as `python -m launcher` as well as `-m launcher.cli`."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,15 +16,56 @@ from trainjobs import REPO
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def test_launcher_has_no_import_cycle():
-    result = subprocess.run([sys.executable, "scripts/import_graph.py"], cwd=REPO, capture_output=True, text=True)
+def import_graph(root=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "import_graph.py"), "--root", str(root)],
+                          capture_output=True, text=True)
+
+
+def test_the_layout_keeps_its_import_rules():
+    result = import_graph()
     assert result.returncode == 0, result.stdout
-    assert result.stdout.rstrip().endswith("0 cycle(s)")
-    graph = {module.strip(): {dep.split()[0] for dep in deps.split(", ")}
-             for module, deps in (line.split(" -> ") for line in result.stdout.splitlines() if " -> " in line)}
-    assert graph["cli"] >= {"cli_cluster", "cli_estimate", "cli_options", "errors"}
-    # The command modules take the shared options and errors from their own modules, never from cli.py.
-    assert [module for module, deps in graph.items() if "cli" in deps] == ["__main__"]
+    assert result.stdout.rstrip().endswith(" 0 broken")
+    graph = {unit.strip(): set(deps.split(", ")) - {"-"}
+             for unit, deps in (line.split(" -> ") for line in result.stdout.splitlines() if " -> " in line)}
+    assert {"launcher.spec", "launcher.render", "launcher.cluster", "launcher.local", "launcher.estimate",
+            "launcher.commands", "trainer.config", "trainer.storage", "trainer.data", "trainer.training",
+            "trainer.checkpoints", "trainer.observability"} <= set(graph)
+    assert graph["trainer.training"] >= {"trainer.data", "trainer.checkpoints", "trainer.observability"}
+    assert [unit for unit, deps in graph.items() if "launcher.commands" in deps] == ["launcher.cli"]
+
+
+BREAKAGES = {
+    "rendering imports the cluster client": (
+        "launcher/render/manifests.py", "from launcher.cluster import client\n",
+        "launcher.render.manifests imports launcher.cluster.client: rendering is a pure function"),
+    "a type-only import closes a circle": (
+        "launcher/spec/names.py", "if TYPE_CHECKING:\n    from launcher.spec.load import load_job\n",
+        "module cycle: launcher.spec.names -> launcher.spec.load -> launcher.spec.rules -> launcher.spec.names"),
+    "data imports observability, lazily": (
+        "trainer/data/splits.py", "def _late():\n    from trainer.observability import mfu\n",
+        "trainer.data.splits imports trainer.observability.mfu (lazy): the loop consumes data"),
+    "the cluster client imports the CLI's options": (
+        "launcher/cluster/jobs.py", "import launcher.commands.options\n",
+        "launcher.cluster.jobs imports launcher.commands.options: only launcher.cli may import launcher.commands"),
+    "the launcher imports torch": (
+        "launcher/render/pod_values.py", "def _tensor():\n    import torch.nn\n",
+        "launcher.render.pod_values imports torch (lazy): the launcher renders and submits without a tensor library"),
+    "two subpackages import each other": (
+        "trainer/storage/hub_cache.py", "from trainer.config import section\n",
+        "package cycle: trainer.config -> trainer.storage -> trainer.config"),
+}
+
+
+@pytest.mark.parametrize("case", BREAKAGES, ids=list(BREAKAGES))
+def test_the_checker_names_each_kind_of_breakage(case, tmp_path):
+    path, added, expected = BREAKAGES[case]
+    for package in ("launcher", "trainer"):
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / path
+    target.write_text(target.read_text() + "\n" + added)
+    result = import_graph(tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert any(line.startswith(f"broken: {expected}") for line in result.stdout.splitlines()), result.stdout
 
 
 @pytest.mark.parametrize("module", ["launcher", "launcher.cli"])
@@ -39,7 +83,7 @@ def test_cluster_commands_are_registered_when_imported():
     assert commands <= set(out.stdout.split())
 
 
-JOB_MODULES = {"trainer.config", "launcher.spec", "jinja2", "torch"}
+JOB_MODULES = {"trainer.config.train_config", "launcher.spec.load", "launcher.spec.job_spec", "jinja2", "torch"}
 
 
 @pytest.mark.parametrize("args, not_loaded", [

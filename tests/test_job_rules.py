@@ -1,4 +1,4 @@
-"""One set of rules for every command (launcher/rules.py), and the input each must refuse with one
+"""One set of rules for every command (launcher/spec/rules.py), and the input each must refuse with one
 line and exit code 2: control characters, out-of-range integers, alias bombs, non-JSON YAML values,
 mount paths that hide system directories, labels that would take over llmlaunch's own."""
 
@@ -63,8 +63,8 @@ def test_train_applies_the_same_job_rules_before_starting_anything(tmp_path, arg
 
 def test_train_keeps_its_topology_from_the_machine_not_the_cluster_section(tmp_path, monkeypatch):
     """A cluster section for CPU pods does not forbid bf16 on a local GPU: only the cluster commands
-    check precision against cluster.gpus_per_node (trainer.preflight checks the machine)."""
-    from launcher.spec import load_job
+    check precision against cluster.gpus_per_node (trainer.training.preflight checks the machine)."""
+    from launcher.spec.load import load_job
 
     spec = load_job(TINY, ["train.precision=bf16"], local=True)
     assert spec.train.precision == "bf16"

@@ -1,6 +1,6 @@
 """Job state from operator status, for the cases the e2e tests cannot reach (TrainJob counts, suspend)."""
 
-from launcher.job_status import describe, job_state, summary
+from launcher.cluster.job_status import describe, job_state, summary
 
 
 def cond(t, status="True", message=""):

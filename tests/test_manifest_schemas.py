@@ -7,7 +7,7 @@ import pytest
 
 import schema_check
 from golden_cases import cases, load_case
-from launcher.render import render
+from launcher.render.manifests import render
 
 
 @pytest.mark.parametrize("name", sorted(cases()))

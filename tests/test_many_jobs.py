@@ -15,8 +15,8 @@ import subprocess
 import pytest
 
 from bulk_jobs import create_foreign, job_names, request_count, submit_suspended
-from launcher.kube import KINDS, Cluster, KubeError
-from launcher.names import jobs_selector
+from launcher.cluster.client import KINDS, Cluster, KubeError
+from launcher.spec.names import jobs_selector
 from tests.fixtures.control_plane import ControlPlane
 from trainjobs import llmlaunch
 

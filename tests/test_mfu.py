@@ -7,8 +7,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from trainer.length_groups import attention_length
-from trainer.mfu import flops_per_token, matmul_params, mfu, peak_flops
+from trainer.data.length_groups import attention_length
+from trainer.observability.mfu import flops_per_token, matmul_params, mfu, peak_flops
 
 CONFIGS = {
     "llama": dict(vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
@@ -109,8 +109,8 @@ def test_attention_term_follows_the_documents_not_seq_len():
 
 def test_packed_data_reports_its_attention_length():
     from test_packing import documents
-    from trainer.packing import TokenData, pack_documents, pad_documents
-    from trainer.row_layout import ArrayRows
+    from trainer.data.row_layout import ArrayRows
+    from trainer.data.token_data import TokenData, pack_documents, pad_documents
 
     # pieces 5+3 | 8 (of 12) | 4 + padding | 2+6: (25 + 9 + 64 + 16 + 4 + 36) / 28 = 5.5
     packed = TokenData(ArrayRows(pack_documents(documents([5, 3, 12, 2, 6]), 8, pad_id=0)), packed=True, pad_id=0,
@@ -129,9 +129,9 @@ def test_frozen_base_weights_are_credited_without_weight_gradients():
 
 
 def test_lora_model_counts_its_adapter_as_the_only_trained_matmuls(tmp_path):
-    from launcher.spec import load_job
-    from trainer.model import build_model
-    from trainer.runlog import model_flops_per_token
+    from launcher.spec.load import load_job
+    from trainer.training.model import build_model
+    from trainer.training.run_log import model_flops_per_token
     from trainjobs import TINY_MODEL, tiny_job
 
     lora = {"kind": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}
@@ -158,7 +158,7 @@ class DeviceCount:
 
 
 def test_tokens_per_second_is_timed_after_the_sync_that_ends_the_window():
-    from trainer.runlog import tokens_per_second
+    from trainer.training.run_log import tokens_per_second
 
     clock = [11.0]  # the window began at 10 s; the host queued its last step at 11 s
     tokens, rate = tokens_per_second(DeviceCount(6000, clock), since=10.0, clock=lambda: clock[0])

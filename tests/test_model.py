@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from launcher.spec import load_job
-from trainer.model import build_model
+from launcher.spec.load import load_job
+from trainer.training.model import build_model
 from trainjobs import save_tiny_pretrained, tiny_job
 
 METHODS = {

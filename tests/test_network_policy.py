@@ -12,12 +12,12 @@ import pytest
 
 import chart_helm
 from golden_cases import TEST_IMAGE
-from launcher import render
-from launcher.spec import load_job
-from launcher.values import chart_values, documented_yaml
+from launcher.render import manifests
+from launcher.render.helm_values import chart_values, documented_yaml
+from launcher.spec.load import load_job
 from netpol import Pod, egress_allowed, ingress_allowed, selects
 from test_render import TINY, spec_of
-from trainer.config import ConfigError
+from trainer.config.train_config import ConfigError
 
 JOB = {"app.kubernetes.io/name": "llmlaunch", "app.kubernetes.io/instance": "tiny",
        "app.kubernetes.io/component": "trainer"}
@@ -37,7 +37,7 @@ OTHERS = {
 
 
 def policy_of(*overrides: str) -> dict:
-    return next(o for o in render.render(spec_of(*overrides)) if o["kind"] == "NetworkPolicy")
+    return next(o for o in manifests.render(spec_of(*overrides)) if o["kind"] == "NetworkPolicy")
 
 
 def chart_policy(tmp_path, *overrides: str) -> dict:
@@ -128,11 +128,11 @@ def test_the_api_server_accepts_the_locked_down_policy_and_stores_what_it_admits
     namespace = control_plane.create_namespace("netpol")
     spec = load_job(TINY, [f"cluster.namespace={namespace}", "cluster.network.block_metadata_egress=true"],
                     resolve_paths=False)
-    policy = next(o for o in render.render(spec) if o["kind"] == "NetworkPolicy")
+    policy = next(o for o in manifests.render(spec) if o["kind"] == "NetworkPolicy")
     created = subprocess.run(
         [kubectl(), "--kubeconfig", str(control_plane.kubeconfig), "create", "--dry-run=server",
          "-o", "json", "-f", "-"],
-        input=render.to_yaml_stream([policy]), capture_output=True, text=True, timeout=120)
+        input=manifests.to_yaml_stream([policy]), capture_output=True, text=True, timeout=120)
     assert created.returncode == 0, created.stderr
     stored = json.loads(created.stdout)
     assert stored["spec"] == policy["spec"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from trainer.packing import TokenData, for_attention, pack_documents, pad_documents
-from trainer.row_layout import ArrayRows
+from trainer.data.row_layout import ArrayRows
+from trainer.data.token_data import TokenData, for_attention, pack_documents, pad_documents
 
 VOCAB = 100
 
@@ -136,7 +136,7 @@ def test_packed_rows_keep_documents_whole_restart_positions_and_mask_first_token
 
 
 def test_best_fit_fills_rows_and_places_every_piece_once():
-    from trainer.best_fit import best_fit_rows
+    from trainer.data.bin_packing import best_fit_rows
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 65, 500)

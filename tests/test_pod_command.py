@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import pod_values
-from launcher.spec import load_job
+from launcher.render import pod_values
+from launcher.spec.load import load_job
 
 pytestmark = pytest.mark.distributed
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from launcher import render
-from launcher.model_shape import shape_of
-from launcher.spec import load_job
+from launcher.estimate.model_shape import shape_of
+from launcher.render import manifests
+from launcher.spec.load import load_job
 from remote_fixtures import add_to_hub_cache, moto_server, s3, s3_env
-from trainer import object_store
-from trainer.checkpoint_mirror import Mirror, MirrorError
-from trainer.config import ConfigError, TrainConfig
-from trainer.remote_sources import DATA_SUFFIXES, local_source, split_files
+from trainer.checkpoints.mirror import Mirror, MirrorError
+from trainer.config.train_config import ConfigError, TrainConfig
+from trainer.data.remote_sources import DATA_SUFFIXES, local_source, split_files
+from trainer.storage import object_store
 from trainjobs import REPO, TINY_MODEL, llmlaunch, tiny_job
 
 
@@ -194,7 +194,7 @@ def test_remote_urls_stay_as_written_and_the_cli_stays_light(tmp_path):
     data = load_job(job, local=True).train.data
     assert (data.train, data.eval) == ("s3://bkt/corpus", "hf://datasets/org/set/eval.jsonl")
     # preflight's remote checks, as the CLI runs them, import neither torch nor any HF library
-    code = ("import sys; from trainer.remote_sources import check_remote; "
+    code = ("import sys; from trainer.data.remote_sources import check_remote; "
             "print(check_remote('hf://datasets/org/none', 'k')); "
             "print(sorted({m.split('.')[0] for m in sys.modules} "
             "& {'torch', 'transformers', 'datasets', 'huggingface_hub', 's3fs'}))")
@@ -213,7 +213,7 @@ def test_aws_credentials_pass_only_through_cluster_secrets(name):
                                       "(a secretKeyRef)"]
     spec = load_job(example, [f"cluster.secrets=[{{env: {name}, secret: s3-creds, key: k}}]",
                               "cluster.env.AWS_ENDPOINT_URL=http://minio:9000"], resolve_paths=False)
-    objs = render.render(spec)
+    objs = manifests.render(spec)
     master = objs[-1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     env = {e["name"]: e for e in master["containers"][0]["env"]}
     assert env[name]["valueFrom"] == {"secretKeyRef": {"name": "s3-creds", "key": "k", "optional": False}}
@@ -311,7 +311,7 @@ def test_a_local_error_while_restoring_takes_the_path_every_rank_hears(tmp_path,
 
     import torch.distributed as dist
 
-    from trainer.checkpoint_mirror import restore
+    from trainer.checkpoints.mirror import restore
 
     s3_environment.mkdir("restore-test")
     mirror = Mirror("s3://restore-test/run")

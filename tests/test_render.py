@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from golden_cases import TEST_IMAGE
-from launcher import render
-from launcher.spec import load_job
-from trainer.config import ConfigError, TrainConfig
-from trainer.ds_config import build_ds_config
+from launcher.render import manifests
+from launcher.spec.load import load_job
+from trainer.config.ds_config import build_ds_config
+from trainer.config.train_config import ConfigError, TrainConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TINY = EXAMPLES / "tiny.yaml"
@@ -23,7 +23,7 @@ def spec_of(*overrides: str, example: Path = TINY):
 
 
 def objects(*overrides: str, example: Path = TINY) -> dict[str, dict]:
-    return {o["kind"]: o for o in render.render(spec_of(*overrides, example=example))}
+    return {o["kind"]: o for o in manifests.render(spec_of(*overrides, example=example))}
 
 
 def pod_spec(job: dict, replica: str = "Master") -> dict:
@@ -35,7 +35,7 @@ def env_of(container: dict) -> dict:
 
 
 def test_tiny_is_a_configmap_a_policy_a_podmonitor_and_a_one_node_pytorchjob_created_last():
-    objs = render.render(spec_of())
+    objs = manifests.render(spec_of())
     assert [o["kind"] for o in objs] == ["ConfigMap", "NetworkPolicy", "PodMonitor", "PyTorchJob"]
     job = objs[-1]
     assert (job["apiVersion"], job["metadata"]["name"]) == ("kubeflow.org/v1", "tiny")
@@ -92,9 +92,9 @@ def test_precision_is_resolved_at_render_time_unless_auto_on_gpus(gpus, precisio
 
 def test_fp16_on_cpu_pods_and_a_batch_that_does_not_divide_are_refused():
     with pytest.raises(ConfigError, match="train.precision: fp16 needs GPU pods"):
-        render.render(spec_of("train.precision=fp16"))
+        manifests.render(spec_of("train.precision=fp16"))
     with pytest.raises(ConfigError, match=r"train.run.global_batch_size: .*3 processes"):
-        render.render(spec_of("cluster.nodes=3", "train.run.global_batch_size=16"))
+        manifests.render(spec_of("cluster.nodes=3", "train.run.global_batch_size=16"))
 
 
 def test_pod_security_defaults():
@@ -118,7 +118,7 @@ def test_rdma_adds_devices_ipc_lock_and_nccl_env():
 
 
 def test_secrets_only_through_secret_key_refs():
-    objs = render.render(spec_of("cluster.secrets=[{env: HF_TOKEN, secret: hf-token, key: token, optional: true}]"))
+    objs = manifests.render(spec_of("cluster.secrets=[{env: HF_TOKEN, secret: hf-token, key: token, optional: true}]"))
     container = pod_spec(objs[-1])["containers"][0]
     assert env_of(container)["HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}}
     assert "HF_TOKEN" not in objs[0]["data"]["train.yaml"]
@@ -166,7 +166,7 @@ def test_elastic_job_has_only_workers_and_lets_the_operator_set_the_rendezvous()
     assert not any(a.startswith("--rdzv-endpoint") for a in command)
     assert "train_batch_size" not in json.loads(objs["ConfigMap"]["data"]["ds_config.json"])
     with pytest.raises(ConfigError, match="global_batch_size: cannot be fixed with cluster.elastic"):
-        render.render(spec_of("cluster.elastic={min_nodes: 1, max_nodes: 4}", "train.run.global_batch_size=8"))
+        manifests.render(spec_of("cluster.elastic={min_nodes: 1, max_nodes: 4}", "train.run.global_batch_size=8"))
 
 
 def test_run_policy_fields():
@@ -200,7 +200,7 @@ def test_metrics_port_podmonitor_and_scrape_annotations():
     assert [p["name"] for p in container["ports"]] == ["pytorchjob-port"]
     assert "PodMonitor" not in objects("cluster.monitoring.pod_monitor=false")
     with pytest.raises(ConfigError, match="train.metrics.port: 23456 is the PyTorchJob rendezvous port"):
-        render.render(spec_of("train.metrics.port=23456"))
+        manifests.render(spec_of("train.metrics.port=23456"))
 
 
 def test_trainjob_uses_the_torch_distributed_runtime_and_the_same_configmap():
@@ -234,12 +234,12 @@ def test_names_stay_dns_labels_within_63_characters():
     longest = "a" * 40  # the longest job name the job file accepts
     for overrides in ([], ["cluster.api=trainjob"], ["cluster.elastic={min_nodes: 1, max_nodes: 99999}"]):
         spec = spec_of(f"name={longest}", "cluster.nodes=99999", *overrides)
-        from launcher import names
+        from launcher.spec import names
         for name in [*names.derived_names(spec), names.config_map(spec.name), names.data_claim(spec.name)]:
             assert len(name) <= 63
-        render.render(spec)
+        manifests.render(spec)
     with pytest.raises(ConfigError, match="name: .*starting with a letter"):
-        render.render(spec_of("name=1tiny"))
+        manifests.render(spec_of("name=1tiny"))
 
 
 def test_rendering_is_deterministic_across_processes():
@@ -257,7 +257,7 @@ def test_rendering_is_deterministic_across_processes():
     }
     assert len(outputs) == 1
     spec = spec_of(f"cluster.image={TEST_IMAGE}", example=EXAMPLES / "pretrain-multinode.yaml")
-    assert render.to_yaml_stream(render.render(spec)).encode() in outputs
+    assert manifests.to_yaml_stream(manifests.render(spec)).encode() in outputs
 
 
 def test_network_policy_admits_only_the_jobs_pods_and_metrics_scrapers():

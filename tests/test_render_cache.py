@@ -6,7 +6,7 @@ import os
 
 import jinja2
 
-from launcher.render import _bytecode_cache
+from launcher.render.manifests import _bytecode_cache
 
 
 def cache_dir(tmp_path):

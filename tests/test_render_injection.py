@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launcher import render
-from launcher.job_spec import JobSpec
-from launcher.k8s_types import has_control_character
+from launcher.render import manifests
+from launcher.spec.job_spec import JobSpec
+from launcher.spec.k8s_types import has_control_character
 
 TINY = yaml.safe_load((Path(__file__).resolve().parent.parent / "examples" / "tiny.yaml").read_text())
 NASTY = st.sampled_from(['"', "'", "\\", "\n", "\r\n", ": ", "- ", "#", "{", "}", "[", "]", "---", "...", "&a", "*a",
@@ -39,7 +39,7 @@ def job_with(value: str, image: str) -> JobSpec:
         "secrets": [{"env": "HF_TOKEN", "secret": "hf", "key": value or "k"}],
         "network": {"nccl": {"NCCL_DEBUG": value}},
         "scheduling": {"tolerations": [{"key": "gpu", "operator": "Equal", "value": value}]},
-        # A mount path takes no control characters, ':' or '..' (launcher.rules refuses them): the rest stays.
+        # A mount path takes no control characters, ':' or '..' (launcher.spec.rules refuses them): the rest stays.
         "storage": {"size": "1Gi", "mount_path": "/data/" + ("".join(c for c in value if c not in "/.:" and
                                                                    not has_control_character(c)) or "x")},
     })
@@ -49,7 +49,7 @@ def job_with(value: str, image: str) -> JobSpec:
 
 def rendered(spec: JobSpec) -> list[dict]:
     """Parse the raw template output (not the re-dumped stream) so the templates themselves are tested."""
-    return [yaml.safe_load(doc) for doc in render.documents(spec)]
+    return [yaml.safe_load(doc) for doc in manifests.documents(spec)]
 
 
 BASELINE = rendered(job_with("plain", "ghcr.io/x/trainer:1"))
@@ -75,4 +75,4 @@ def test_user_strings_land_verbatim_and_change_no_structure(value, image):
     assert pod["spec"]["tolerations"][0]["value"] == value
     assert yaml.safe_load(objs[0]["data"]["train.yaml"])["data"]["text_field"] == value
     # The stream users see (re-dumped with literal blocks) parses back to the same objects.
-    assert list(yaml.safe_load_all(render.to_yaml_stream(objs))) == objs
+    assert list(yaml.safe_load_all(manifests.to_yaml_stream(objs))) == objs

@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from launcher.render import GO_YAML_NON_STRING, to_yaml
+from launcher.render.manifests import GO_YAML_NON_STRING, to_yaml
 
 pytestmark = pytest.mark.cluster
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from launcher.cli import cli
 from launcher.report import build_figure, find_log, read_log
-from trainer.metrics_log import MetricsLog
+from trainer.observability.metrics_log import MetricsLog
 
 
 def lr_at(step: int) -> float:

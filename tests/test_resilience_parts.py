@@ -17,11 +17,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launcher.local_nodes import LocalNodes, Node
-from launcher.torchrun import agent_env, expand, local_torchrun, operator_env, pod_torchrun
-from trainer.checkpoint_manifest import checkpoint_files, describe, problems, share
+from launcher.local.nodes import LocalNodes, Node
+from launcher.spec.torchrun import agent_env, expand, local_torchrun, operator_env, pod_torchrun
+from trainer.checkpoints.manifest import checkpoint_files, describe, problems, share
 from trainer.failpoints import parse
-from trainer.watchdog import diagnose
+from trainer.observability.watchdog import diagnose
 from trainjobs import REPO
 
 PY = sys.executable
@@ -74,7 +74,7 @@ def test_manifest_finds_truncated_missing_and_altered_shards(ckpt):
     (3, {"world_size": 2}, 1, 4, 6),                           # older marker: same micro batch assumed
 ])
 def test_data_position_is_carried_over_in_samples(position, then, world, batch, expected, capsys):
-    from trainer.resume import rescale_position
+    from trainer.checkpoints.resume import rescale_position
 
     assert rescale_position(position, then, world, batch) == expected
     if (position * then["world_size"] * then.get("micro_batch_size", batch)) % (world * batch):
@@ -82,7 +82,7 @@ def test_data_position_is_carried_over_in_samples(position, then, world, batch, 
 
 
 def test_each_rendezvous_says_why_it_happened(tmp_path):
-    from trainer.resume import Found, rendezvous_reason
+    from trainer.checkpoints.resume import Found, rendezvous_reason
 
     def found(world):
         return Found(tmp_path / "step-000030", {"step": 30, "world_size": world}, universal=False)
@@ -134,7 +134,7 @@ def test_diagnosis_when_every_rank_waits_blames_the_ones_behind():
 
 def test_watchdog_ends_a_process_whose_loop_stopped():
     """A real process: the main thread stops beating, the watchdog thread reports and exits it."""
-    code = ("import time; from trainer.watchdog import Watchdog; w = Watchdog(0, 0, 1, 1.0); w.start(3); "
+    code = ("import time; from trainer.observability.watchdog import Watchdog; w = Watchdog(0, 0, 1, 1.0); w.start(3); "
             "[w.beat(s) or time.sleep(0.2) for s in range(4, 9)]; time.sleep(120)")
     start = time.monotonic()
     result = subprocess.run([PY, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),

@@ -1,4 +1,4 @@
-"""The trainer's own metrics path (trainer.runlog.RunLog, as loop.Trainer drives it) for an fp16 run:
+"""The trainer's own metrics path (trainer.training.run_log.RunLog, as loop.Trainer drives it) for an fp16 run:
 skipped steps counted once each, step durations observed every step, not once per log step.
 
 A real single-process gloo group and a real tiny model; the engine is a stand-in exposing the four
@@ -16,10 +16,10 @@ import torch.distributed as dist
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from trainer.config import TrainConfig
-from trainer.engine import Topology
-from trainer.runlog import RunLog
-from trainer.state import LoopState
+from trainer.checkpoints.loop_state import LoopState
+from trainer.config.train_config import TrainConfig
+from trainer.training.engine import Topology
+from trainer.training.run_log import RunLog
 from trainjobs import TINY_MODEL, tiny_job
 
 

@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 
 from cluster_dns import NOERROR, NXDOMAIN, REFUSED, ClusterDNS, query
-from launcher import names
 from launcher.cli import cli
-from launcher.render import render
-from launcher.spec import load_job
+from launcher.render.manifests import render
+from launcher.spec import names
+from launcher.spec.load import load_job
 from operator_standin import PyTorchJobOperator, wait_for
 
 pytestmark = pytest.mark.cluster

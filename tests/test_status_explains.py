@@ -9,10 +9,10 @@ import math
 import pytest
 from prometheus_client import generate_latest
 
-from launcher import job_status, pod_status, train_progress
-from launcher.train_progress import MetricsTextError, format_duration, parse_samples, progress
-from trainer.config import MetricsConfig
-from trainer.metrics import TrainMetrics
+from launcher.cluster import job_status, pod_status, train_progress
+from launcher.cluster.train_progress import MetricsTextError, format_duration, parse_samples, progress
+from trainer.config.train_config import MetricsConfig
+from trainer.observability.exporter import TrainMetrics
 
 
 def pod(name, phase="Pending", node=None, containers=(), init=(), conditions=(), **status):

@@ -263,8 +263,8 @@ def test_mlflow_server_killed_mid_run_costs_one_warning_and_the_others_go_on(tmp
 
 
 def test_an_unwritable_tracking_json_costs_one_warning_and_logging_goes_on(tmp_path, capsys):
-    from trainer.config import TrainConfig
-    from trainer.tracking import Trackers
+    from trainer.config.train_config import TrainConfig
+    from trainer.observability.trackers import Trackers
 
     out = tmp_path / "out"
     cfg = TrainConfig.model_validate({
@@ -282,8 +282,8 @@ def test_an_unwritable_tracking_json_costs_one_warning_and_logging_goes_on(tmp_p
 
 
 def test_an_unwritable_tracking_json_at_start_costs_one_warning_and_logging_goes_on(tmp_path, capsys):
-    from trainer.config import TrainConfig
-    from trainer.tracking import Trackers
+    from trainer.config.train_config import TrainConfig
+    from trainer.observability.trackers import Trackers
 
     out = tmp_path / "out"
     cfg = TrainConfig.model_validate({

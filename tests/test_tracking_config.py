@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from trainer.tracking import flatten, scalars
+from trainer.observability.trackers import flatten, scalars
 from trainjobs import REPO, tiny_job
 
 MLFLOW = {"tracking_uri": "http://mlflow.ml:5000", "experiment": "llm"}

@@ -49,11 +49,11 @@ def plain_eval_loss(model, out: Path) -> float:
     """The run's eval loss recomputed with plain transformers (or peft) on an exported model: the same
     eval batches each of the two ranks scored (run.eval_batches of them), token-weighted as the trainer
     averages them."""
-    from trainer.config import TrainConfig
-    from trainer.data import build_data, for_attention, load_tokenizer
+    from trainer.config.train_config import TrainConfig
+    from trainer.data.splits import build_data, for_attention, load_tokenizer
 
     cfg = TrainConfig.from_yaml_file(out / "train.yaml")
-    packing = cfg.data.packing and cfg.method.kind != "prefix"  # as trainer.loop.Trainer decides
+    packing = cfg.data.packing and cfg.method.kind != "prefix"  # as trainer.training.loop.Trainer decides
     data = build_data(cfg, load_tokenizer(cfg.model), split="eval", packing=packing, cache_dir=out / "cache")
     total = count = 0.0
     model.eval()
@@ -169,7 +169,7 @@ def test_a_pickle_planted_in_a_checkpoint_never_runs(tmp_path, zero2_run):
     unpickled, under both names llmlaunch ever used, and rewrites the manifest to match. The trainer
     reads them as data: the checkpoint counts as damaged, training starts over, nothing ran."""
     from test_checkpoint_trust import planted_pickle
-    from trainer.checkpoint_manifest import checkpoint_files, describe
+    from trainer.checkpoints.manifest import checkpoint_files, describe
 
     ckpt = tmp_path / "out" / "checkpoints" / "step-000004"
     shutil.copytree(zero2_run / "checkpoints" / "step-000004", ckpt)

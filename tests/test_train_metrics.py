@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_nvml import two_gpus
-from trainer.config import MetricsConfig
-from trainer.gpu_metrics import GPU_METRICS
-from trainer.metrics import NODE_METRICS, TRAINING_METRICS, TrainMetrics
+from trainer.config.train_config import MetricsConfig
+from trainer.observability.exporter import NODE_METRICS, TRAINING_METRICS, TrainMetrics
+from trainer.observability.gpu_metrics import GPU_METRICS
 
 H100 = 989.4e12
 

@@ -48,8 +48,8 @@ def test_unpacked_training_runs_the_length_grouped_plan(tmp_path):
     tokens the run reports are exactly the loss targets of those batches."""
     train(job_without_eval(tmp_path, data={"packing": False, "group_by_length": True}))
     out = tmp_path / "out"
-    from trainer.config import TrainConfig
-    from trainer.data import build_data, load_tokenizer
+    from trainer.config.train_config import TrainConfig
+    from trainer.data.splits import build_data, load_tokenizer
 
     cfg = TrainConfig.from_yaml_file(out / "train.yaml")
     assert cfg.data.group_by_length and not cfg.data.packing

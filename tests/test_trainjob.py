@@ -22,10 +22,10 @@ import yaml
 
 import schema_check
 from golden_cases import cases, load_case
-from launcher.chart_files import SCENARIOS
-from launcher.pod_values import SA_TOKEN_DIR
-from launcher.render import render
-from launcher.spec import load_job
+from launcher.render.chart_files import SCENARIOS
+from launcher.render.manifests import render
+from launcher.render.pod_values import SA_TOKEN_DIR
+from launcher.spec.load import load_job
 from trainer_v23 import trainer_pod
 
 FULL = SCENARIOS["tiny-trainjob-full"].overrides

@@ -17,9 +17,9 @@ import sys
 import time
 
 from tests.fake_nvml import two_gpus
-from trainer.config import MetricsConfig
-from trainer.metrics import TrainMetrics
-from trainer.mfu import flops_per_token, peak_flops
+from trainer.config.train_config import MetricsConfig
+from trainer.observability.exporter import TrainMetrics
+from trainer.observability.mfu import flops_per_token, peak_flops
 
 TINY = {"model_type": "llama", "vocab_size": 512, "hidden_size": 128, "intermediate_size": 352,
         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4}

@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from trainer.config import ConfigError, load_train_config
-from trainer.ds_config import hide_gpus_when_forced, machine_has_gpu, native_bf16
+from trainer.config.ds_config import hide_gpus_when_forced, machine_has_gpu, native_bf16
+from trainer.config.train_config import ConfigError, load_train_config
 
 STOPPED_EXIT = 128 + 15  # the shell's code for "terminated by SIGTERM"; retryable for the training operator
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="train.yaml (the train section of a job file)")
     args = parser.parse_args(argv)
     # The first process of every node (pod) says what it does, so each pod's log tells its own story;
-    # the run's progress lines (runlog) stay rank 0's.
+    # the run's progress lines (run_log) stay rank 0's.
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO if os.environ.get("LOCAL_RANK", "0") == "0" else logging.WARNING,
                         format="[llmlaunch] %(message)s" if rank == "0" else f"[llmlaunch rank {rank}] %(message)s")
@@ -52,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         # The same checks the CLI ran, again here: a pod must fail before distributed init, clearly.
         import torch
 
-        from trainer.preflight import run_preflight
+        from trainer.training.preflight import run_preflight
 
         capability = local_gpu_capability(torch.cuda, int(os.environ.get("LOCAL_RANK", 0)))
         precision = run_preflight(cfg, int(os.environ.get("WORLD_SIZE", 1)), has_gpu=capability is not None,
                                   gpu_has_bf16=native_bf16(capability))
-        from trainer.loop import Trainer
+        from trainer.training.loop import Trainer
 
         finished = Trainer(cfg, args.config, precision).train()
     except ConfigError as e:  # also data problems found while tokenizing, after the process group started

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.files import atomic_write
+from trainer.storage.atomic_files import atomic_write
 
 
 @dataclass(frozen=True)

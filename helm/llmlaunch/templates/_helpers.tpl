@@ -1,5 +1,5 @@
 {{/*
-Helpers of the llmlaunch chart. They mirror launcher/names.py and launcher/pod_values.py, which
+Helpers of the llmlaunch chart. They mirror launcher/spec/names.py and launcher/render/pod_values.py, which
 `llmlaunch render` uses; tests/test_chart_parity.py checks both give the same objects for every
 example. Every value from the values file is written through llmlaunch.flow or quote: a
 double-quoted scalar with Go's escapes (which YAML reads back exactly, unlike toJson and toYaml
@@ -139,7 +139,7 @@ annotations:
 {{- max 1 (int .Values.gpusPerNode) -}}
 {{- end -}}
 
-{{/* The container command (JSON list): torchrun with c10d rendezvous, as launcher/torchrun.py. */}}
+{{/* The container command (JSON list): torchrun with c10d rendezvous, as launcher/spec/torchrun.py. */}}
 {{- define "llmlaunch.command" -}}
 {{- $v := .Values -}}
 {{- $cmd := list -}}
@@ -167,7 +167,7 @@ annotations:
 {{- define "llmlaunch.env" -}}
 {{- $v := .Values -}}
 {{- $env := list (dict "name" "LLMLAUNCH_JOB" "value" (include "llmlaunch.name" .)) (dict "name" "HOME" "value" "/tmp") (dict "name" "PYTHONUNBUFFERED" "value" "1") -}}
-{{- /* torchrun agents: restartable rendezvous, and the grace period for the emergency checkpoint (launcher/torchrun.py agent_env) */ -}}
+{{- /* torchrun agents: restartable rendezvous, and the grace period for the emergency checkpoint (launcher/spec/torchrun.py agent_env) */ -}}
 {{- $env = append $env (dict "name" "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" "value" "1") -}}
 {{- $env = append $env (dict "name" "TORCH_ELASTIC_SHUTDOWN_TIMEOUT" "value" (printf "%d" (int $v.terminationGracePeriodSeconds))) -}}
 {{- range $map := list ($v.network.nccl | default dict) ($v.env | default dict) -}}

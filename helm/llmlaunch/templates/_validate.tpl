@@ -29,7 +29,7 @@ ClusterSpec applies to a job file). Each message names the value to change.
 {{- fail (printf "storage.accessMode %s cannot be shared by %d pods on different nodes; use ReadWriteMany" $storage.accessMode $maxNodes) -}}
 {{- end -}}
 {{- if eq $v.api "trainjob" -}}
-{{- /* what a Trainer v2.3 runtime patch cannot reach (launcher/cluster_spec.py TRAINJOB_UNSUPPORTED) */ -}}
+{{- /* what a Trainer v2.3 runtime patch cannot reach (launcher/spec/cluster_spec.py TRAINJOB_UNSUPPORTED) */ -}}
 {{- $unsupported := dict "scheduling.priorityClass" $v.scheduling.priorityClass "scheduling.schedulerName" $v.scheduling.schedulerName "elastic" $v.elastic -}}
 {{- range $key := keys $unsupported | sortAlpha -}}
 {{- if get $unsupported $key -}}
