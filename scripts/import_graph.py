@@ -123,6 +123,34 @@ def broken_rules(graph: dict[str, dict[str, str]]) -> list[str]:
     return out
 
 
+def tensor_chains(graph: dict[str, dict[str, str]]) -> list[str]:
+    """Launcher imports of the trainer (or of a library) that pull a tensor library in: from each such import of
+    a launcher module (its lazy ones run with its commands), follow what runs at import time, parent packages
+    included. A tensor library imported inside a trainer function (merge_lora's, for export --merge) is not
+    reached: it loads only when that function runs."""
+    out = []
+    for module in sorted(m for m in graph if under(m, "launcher")):
+        for start, how in sorted(graph[module].items()):
+            if how == "type-only" or start not in graph or under(start, "launcher"):
+                continue
+            chain = {start: [module, start]}
+            queue = [start]
+            while queue:
+                node = queue.pop(0)
+                parents = [".".join(node.split(".")[:i]) for i in range(1, node.count(".") + 1)]
+                for dep in sorted(d for d, h in graph.get(node, {}).items() if not h) + parents:
+                    if dep in chain:
+                        continue
+                    chain[dep] = chain[node] + [dep]
+                    if dep in TENSOR_LIBRARIES:
+                        out.append(f"{module} reaches {dep} when it runs: {' -> '.join(chain[dep])}: "
+                                   "the launcher renders and submits without a tensor library")
+                        queue = []
+                        break
+                    queue.append(dep)
+    return out
+
+
 def cycles(graph: dict[str, set[str]] | dict[str, dict[str, str]]) -> list[list[str]]:
     out, state = [], {}
 
@@ -149,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     packages = package_graph(graph)
     for unit in sorted(packages):
         print(f"{unit:24} -> {', '.join(sorted(packages[unit])) or '-'}")
-    problems = broken_rules(graph)
+    problems = broken_rules(graph) + tensor_chains(graph)
     problems += ["module cycle: " + " -> ".join(c) for c in cycles(graph)]
     problems += ["package cycle: " + " -> ".join(c) for c in cycles(packages)]
     for problem in problems:
         print(f"broken: {problem}")
-    print(f"{len(RULES) + len(ENTRY_POINTS)} rules, {len(graph)} modules, {len(problems)} broken")
+    rules = len(RULES) + len(ENTRY_POINTS) + 1  # + the tensor libraries reached through other modules
+    print(f"{rules} rules, {len(graph)} modules, {len(problems)} broken")
     return 1 if problems else 0
 
 

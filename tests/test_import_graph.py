@@ -50,6 +50,9 @@ BREAKAGES = {
     "the launcher imports torch": (
         "launcher/render/pod_values.py", "def _tensor():\n    import torch.nn\n",
         "launcher.render.pod_values imports torch (lazy): the launcher renders and submits without a tensor library"),
+    "the launcher reaches torch through the trainer": (
+        "launcher/spec/rules.py", "from trainer.training import engine\n",
+        "launcher.spec.rules reaches torch when it runs: launcher.spec.rules -> trainer.training.engine -> torch"),
     "two subpackages import each other": (
         "trainer/storage/hub_cache.py", "from trainer.config import section\n",
         "package cycle: trainer.config -> trainer.storage -> trainer.config"),
