@@ -86,7 +86,10 @@ def test_an_elastic_job_goes_on_at_three_nodes_and_back_at_four(cluster):
     assert [w for w, _ in rounds] == [4, 3, 4], rounds
     assert rounds[0][1] == "first rendezvous of this run (no checkpoint)"
     assert rounds[1][1].startswith("a node left: ") and "written by 4 processes" in rounds[1][1], rounds
-    assert rounds[1][1].endswith("(1 of 3 restarts after a failure used)"), rounds  # its ranks exited 143
+    # Node 0's agent counts the departure as its failure (its ranks exited 143), or, when another agent was
+    # first into the next round, restarts as a membership change: at most one restart spent, never more.
+    left_because = rounds[1][1].removeprefix(f"a node left: step-{resumes[0]:06d} was written by 4 processes")
+    assert left_because in ("", " (1 of 3 restarts after a failure used on this node)"), rounds
     assert rounds[2][1].startswith("a node joined: ") and "written by 3 processes" in rounds[2][1], rounds
     # Never back to step 0: each round resumed where the last one stopped (its emergency checkpoint).
     assert len(resumes) == 2 and left_at <= resumes[0] < resumes[1] < STEPS, (left_at, resumes)

@@ -92,12 +92,12 @@ def test_each_rendezvous_says_why_it_happened(tmp_path):
         "rendezvous: 4 node(s) x 1 = world size 4; first rendezvous of this run (no checkpoint)"
     assert rendezvous_reason({**torchrun, "TORCHELASTIC_RESTART_COUNT": "1"}, 3, found(4)) == (
         "rendezvous: 3 node(s) x 1 = world size 3; a node left: step-000030 was written by 4 processes "
-        "(1 of 3 restarts after a failure used)")
+        "(1 of 3 restarts after a failure used on this node)")
     # a node joining is a membership change: torchrun does not count it as a restart
     assert rendezvous_reason({**torchrun, "GROUP_WORLD_SIZE": "4", "TORCHELASTIC_RESTART_COUNT": "1"}, 4, found(3)) \
         .startswith("rendezvous: 4 node(s) x 1 = world size 4; a node joined: step-000030 was written by 3 processes")
     assert rendezvous_reason({**torchrun, "TORCHELASTIC_RESTART_COUNT": "2"}, 3, found(3)).endswith(
-        "the same world as step-000030: the group was restarted (2 of 3 restarts after a failure used)")
+        "the same world as step-000030: the group was restarted (2 of 3 restarts after a failure used on this node)")
     assert rendezvous_reason({}, 1, None) == \
         "rendezvous: 1 node(s) x 1 = world size 1; first rendezvous of this run (no checkpoint)"
 

@@ -163,9 +163,11 @@ def rescale_position(position: int, meta: dict[str, Any], world: int, micro_batc
 
 def rendezvous_reason(env: dict[str, str], world: int, found: Found | None) -> str:
     """Why this process group exists, from what torchrun tells its workers (GROUP_WORLD_SIZE: nodes in this
-    rendezvous round, TORCHELASTIC_RESTART_COUNT: failures restarted) and the checkpoint's world size. An
-    elastic job's agents re-rendezvous when a node leaves (the failure restarts the rest) or joins (a
-    membership change, not counted as a restart), so each start says which it was."""
+    rendezvous round, TORCHELASTIC_RESTART_COUNT: failures this node's agent restarted) and the checkpoint's
+    world size. An elastic job's agents re-rendezvous when a node leaves (the failure restarts the rest) or
+    joins (a membership change, not counted as a restart), so each start says which it was. The count is
+    per agent: when a node leaves, an agent whose workers are still stopping when another agent already
+    waits in the next round restarts them as a membership change, so its count need not move."""
     nodes, per_node = env.get("GROUP_WORLD_SIZE", "1"), env.get("LOCAL_WORLD_SIZE", "1")
     restart, limit = int(env.get("TORCHELASTIC_RESTART_COUNT", "0")), env.get("TORCHELASTIC_MAX_RESTARTS", "0")
     then = None if found is None else int(found.meta.get("world_size", world))
@@ -177,5 +179,5 @@ def rendezvous_reason(env: dict[str, str], world: int, found: Found | None) -> s
     else:
         why = f"the same world as {found.path.name}: the group was restarted"
     if restart:
-        why += f" ({restart} of {limit} restarts after a failure used)"
+        why += f" ({restart} of {limit} restarts after a failure used on this node)"
     return f"rendezvous: {nodes} node(s) x {per_node} = world size {world}; {why}"
