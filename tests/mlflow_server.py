@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.fixtures.prometheus import free_port
+from launcher.local.ports import free_port
 
 
 @dataclass

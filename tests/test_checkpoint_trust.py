@@ -10,13 +10,13 @@ import io
 import json
 import os
 import random
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
+from launcher.local.ports import free_port
 from trainer.checkpoints import rank_state
 from trainer.checkpoints.manifest import MARKER, checkpoint_files, describe, problems, shape_problems
 
@@ -137,9 +137,7 @@ def test_resume_skips_a_checkpoint_whose_manifest_points_outside(volume, capsys)
     entry = [secret.stat().st_size, hashlib.sha256(secret.read_bytes()).hexdigest()]
     files = {**describe(ckpt, ["model.pt"]), "../../secret": entry}
     (ckpt / MARKER).write_text(json.dumps({"step": 4, "world_size": 1, "micro_batch_size": 4, "files": files}))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         assert resume.find(ckpt.parent, {}) is None

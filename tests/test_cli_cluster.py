@@ -91,7 +91,8 @@ def test_no_kubeconfig_is_a_one_line_cluster_error(tmp_path):
 
 
 def test_unreachable_cluster_names_the_address(tmp_path):
-    from tests.fixtures.control_plane import free_port, kubeconfig_text
+    from launcher.local.ports import free_port
+    from tests.fixtures.control_plane import kubeconfig_text
 
     port = free_port()  # nothing listens there
     config = tmp_path / "kubeconfig"

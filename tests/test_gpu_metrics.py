@@ -148,15 +148,13 @@ def test_ranks_with_different_visible_devices_export_their_own_gpus_by_uuid():
     exactly its ranks' GPUs, named by UUID."""
     import json
     import os
-    import socket
     import subprocess
     import sys
 
+    from launcher.local.ports import free_port
     from trainjobs import REPO
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     layout = [(0, 0, 0, "3"), (1, 0, 1, "1"), (2, 1, 0, "2")]  # rank, node, local rank, visible device
     procs = [subprocess.Popen(
         [sys.executable, "-c", NODE_DRIVER], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from tests.fixtures.prometheus import free_port
+from launcher.local.ports import free_port
 from tests.monitoring_checks import (
     ALL_METRICS,
     CPU_FP32_ABSENT,

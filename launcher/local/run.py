@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
 from launcher.errors import RuntimeFailure
 from launcher.local.nodes import LocalNodes, Node
+from launcher.local.ports import free_port
 from launcher.spec.job_spec import JobSpec
 from launcher.spec.torchrun import agent_env, local_torchrun, operator_env
 from trainer.config.ds_config import build_ds_config, machine_has_gpu
 from trainer.training.preflight import run_preflight
 
 LOCAL_SHUTDOWN_TIMEOUT_S = 120  # no kubelet here: how long SIGTERM'd trainers get for their emergency checkpoint
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gpu_count() -> int:
